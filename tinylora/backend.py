@@ -1,0 +1,225 @@
+"""The one module that knows NumPy from CuPy: pick a backend, get its array module."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+
+import numpy
+
+BACKENDS = ("numpy", "cupy")
+INSTALL_HINT = 'pip install "tinylora[gpu]" (CUDA 12) or "tinylora[gpu-cuda13]" (CUDA 13)'
+
+_active = {"name": "numpy", "xp": numpy}
+_rngs: dict = {}
+_seed = [None]
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run on this machine."""
+
+
+def _load_cupy():
+    """Import CuPy and check for a CUDA device, or raise a clear error."""
+    try:
+        cupy = importlib.import_module("cupy")
+    except Exception as e:  # ImportError, or a broken CUDA install raising at import
+        raise BackendUnavailableError(
+            f"backend 'cupy' needs CuPy, which could not be imported ({type(e).__name__}: {e}). "
+            f"Install it with: {INSTALL_HINT}"
+        ) from None
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError when no driver is present
+        raise BackendUnavailableError(
+            f"backend 'cupy': CuPy is installed but no CUDA device is usable "
+            f"({type(e).__name__}: {e}). Use set_backend('numpy') on this machine."
+        ) from None
+    if n < 1:
+        raise BackendUnavailableError(
+            "backend 'cupy': CuPy is installed but found no CUDA device. "
+            "Use set_backend('numpy') on this machine."
+        )
+    return cupy
+
+
+def _module(name: str):
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
+    return numpy if name.lower() == "numpy" else _load_cupy()
+
+
+def set_backend(name: str) -> None:
+    """Make `name` ("numpy" or "cupy") the backend for new arrays; unchanged if it fails."""
+    xp_module = _module(name)  # raises before anything changes
+    _active["name"], _active["xp"] = name.lower(), xp_module
+
+
+def get_backend() -> str:
+    """Name of the active backend: "numpy" or "cupy"."""
+    return _active["name"]
+
+
+def xp():
+    """The active array module (numpy or cupy)."""
+    return _active["xp"]
+
+
+def available_backends() -> list[str]:
+    """Backends that can run here (numpy always; cupy when CuPy and a CUDA device are present)."""
+    names = ["numpy"]
+    try:
+        _load_cupy()
+        names.append("cupy")
+    except BackendUnavailableError:
+        pass
+    return names
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run a block with another backend, then restore the previous one."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield xp()
+    finally:
+        set_backend(previous)
+
+
+def backend_of(array) -> str:
+    """Which backend an array belongs to ("numpy" or "cupy")."""
+    if isinstance(array, (numpy.ndarray, numpy.generic)):
+        return "numpy"
+    root = type(array).__module__.split(".")[0]
+    return "cupy" if root == "cupy" else "numpy"
+
+
+def module_of(array):
+    """The array module (numpy or cupy) that owns `array`."""
+    if isinstance(array, (numpy.ndarray, numpy.generic)) or backend_of(array) == "numpy":
+        return numpy
+    return importlib.import_module("cupy")
+
+
+def check_same_backend(op: str, *arrays) -> None:
+    """Raise a clear error if the arrays of one op live on different backends."""
+    names = {backend_of(a) for a in arrays if hasattr(a, "shape")}
+    if len(names) > 1:
+        raise ValueError(
+            f"{op}: cannot mix backends in one op (got {' and '.join(sorted(names))} arrays); "
+            "move tensors with .to('numpy') or .to('cupy') first"
+        )
+
+
+def to_numpy(array) -> numpy.ndarray:
+    """A NumPy copy of a CuPy array; NumPy arrays, scalars and lists come back as ndarrays."""
+    if isinstance(array, numpy.ndarray):
+        return array
+    if backend_of(array) == "cupy":
+        return array.get()
+    return numpy.asarray(array)
+
+
+def asarray(data, dtype=None, backend: str | None = None):
+    """`data` as an array of `backend` (default: the active one), converting across backends."""
+    target = module_of_name(backend or get_backend())
+    if hasattr(data, "shape") and backend_of(data) != (backend or get_backend()):
+        data = to_numpy(data)
+    return target.asarray(data, dtype=dtype)
+
+
+def module_of_name(name: str):
+    """The array module for a backend name."""
+    return _active["xp"] if name == _active["name"] else _module(name)
+
+
+def scatter_add(target, indices, values) -> None:
+    """target[indices] += values, adding repeated indices up (np.add.at / cupyx.scatter_add)."""
+    if isinstance(target, numpy.ndarray):
+        numpy.add.at(target, indices, values)
+    else:
+        importlib.import_module("cupyx").scatter_add(target, indices, values)
+
+
+def erf(x):
+    """The error function, elementwise, to float64 accuracy, on either backend."""
+    if isinstance(x, numpy.ndarray):
+        try:
+            from scipy.special import erf as scipy_erf
+        except ImportError:
+            import math
+
+            return numpy.vectorize(math.erf, otypes=[x.dtype])(x)
+        return scipy_erf(x)
+    return importlib.import_module("cupyx.scipy.special").erf(x)
+
+
+def manual_seed(seed: int) -> None:
+    """Seed tinylora's random generators (initialisation, dropout, sampling) on every backend."""
+    _seed[0] = int(seed)
+    _rngs.clear()
+
+
+def rng(name: str | None = None):
+    """The random Generator of a backend (default: the active one), seeded by manual_seed."""
+    name = name or get_backend()
+    if name not in _rngs:
+        _rngs[name] = module_of_name(name).random.default_rng(_seed[0])
+    return _rngs[name]
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work to finish (a no-op on NumPy); needed for honest timings."""
+    if get_backend() == "cupy":
+        xp().cuda.get_current_stream().synchronize()
+
+
+def device_name() -> str:
+    """A short description of the device the active backend computes on."""
+    if get_backend() == "cupy":
+        cupy = xp()
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    return "CPU"
+
+
+def versions() -> dict:
+    """Versions of numpy and (when importable) cupy."""
+    out = {"numpy": numpy.__version__, "cupy": None}
+    try:
+        out["cupy"] = importlib.import_module("cupy").__version__
+    except Exception:  # not installed, or broken: report as absent
+        pass
+    return out
+
+
+def blas_info() -> dict:
+    """NumPy's BLAS library and thread count, when threadpoolctl or env vars can tell."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        for pool in threadpool_info():
+            if pool.get("user_api") == "blas":
+                return {"library": pool.get("internal_api"), "threads": pool.get("num_threads")}
+    except ImportError:
+        pass
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if os.environ.get(var):
+            return {"library": "unknown", "threads": int(os.environ[var])}
+    return {"library": "unknown", "threads": os.cpu_count()}
+
+
+def _init_from_env() -> None:
+    name = os.environ.get("TINYLORA_BACKEND", "").strip()
+    if not name:
+        return
+    try:
+        set_backend(name)
+    except (ValueError, BackendUnavailableError) as e:
+        raise type(e)(f"TINYLORA_BACKEND={name!r}: {e}") from None
+
+
+_init_from_env()

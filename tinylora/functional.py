@@ -1,0 +1,451 @@
+"""Differentiable functions on Tensors, each with a hand-written (fused) backward pass."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend as B
+from .tensor import Tensor
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+def _t(x) -> Tensor:
+    """x as a Tensor (arrays and numbers become constant leaves)."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _xp(t: Tensor):
+    return B.module_of(t.data)
+
+
+def _same_backend(op: str, *ts) -> None:
+    kinds = {type(t.data) for t in ts if t is not None}
+    if len(kinds) > 1:
+        B.check_same_backend(op, *[t.data for t in ts if t is not None])
+
+
+def _flat_rows(data, n: int):
+    """A (rows, n) view of data (..., n), copying only if it is not contiguous."""
+    return data.reshape(-1, n)
+
+
+# ---- linear -------------------------------------------------------------------------------------
+
+
+def linear(x, weight, bias=None) -> Tensor:
+    """y = x @ weight.T + bias, with weight (out, in) and bias (out,)."""
+    x, weight = _t(x), _t(weight)
+    bias = None if bias is None else _t(bias)
+    _same_backend("linear", x, weight, bias)
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-D (out, in), got shape {weight.shape}")
+    n_out, n_in = weight.shape
+    if x.ndim == 0 or x.shape[-1] != n_in:
+        got = x.shape[-1] if x.ndim else "no"
+        raise ValueError(
+            f"linear: x has {got} features but weight expects {n_in} (weight shape {weight.shape})"
+        )
+    if bias is not None and bias.shape != (n_out,):
+        raise ValueError(f"linear: bias has shape {bias.shape} but weight has {n_out} outputs, so ({n_out},)")
+    w = weight.data
+    x2 = _flat_rows(x.data, n_in)  # (N, in)
+    y = x2 @ w.T  # (N, out)
+    if bias is not None:
+        y += bias.data
+    out = y.reshape(*x.shape[:-1], n_out)  # (..., out)
+
+    def backward(g):  # g (..., out)
+        g2 = g.reshape(-1, n_out)  # (N, out)
+        gx = (g2 @ w).reshape(x.data.shape) if x.requires_grad else None  # (..., in)
+        gw = g2.T @ x2 if weight.requires_grad else None  # (out, in); frozen -> never computed
+        if bias is None:
+            return gx, gw
+        return gx, gw, (g2.sum(axis=0) if bias.requires_grad else None)  # (out,)
+
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return Tensor._node(out, "linear", parents, backward)
+
+
+# ---- activations ----------------------------------------------------------------------------------
+
+
+def relu(x) -> Tensor:
+    """max(x, 0)."""
+    return _t(x).relu()
+
+
+def gelu(x, approximate: str = "tanh") -> Tensor:
+    """GELU: x * Phi(x), exactly ("none", via erf) or in GPT-2's tanh form ("tanh")."""
+    x = _t(x)
+    a = x.data
+    xp = _xp(x)
+    if approximate == "tanh":
+        inner = _SQRT_2_OVER_PI * (a + _GELU_C * a**3)
+        t = xp.tanh(inner)
+        out = 0.5 * a * (1 + t)
+
+        def backward(g):  # d/dx = 0.5(1+t) + 0.5 x (1-t^2) c (1 + 3k x^2)
+            d = 0.5 * (1 + t) + (0.5 * _SQRT_2_OVER_PI) * a * (1 - t * t) * (1 + 3 * _GELU_C * a * a)
+            return (g * d,)
+
+    elif approximate == "none":
+        cdf = 0.5 * (1 + B.erf(a * (1 / math.sqrt(2.0))))
+        out = a * cdf
+
+        def backward(g):  # d/dx = Phi(x) + x phi(x)
+            pdf = xp.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
+            return (g * (cdf + a * pdf),)
+
+    else:
+        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    return Tensor._node(out.astype(a.dtype, copy=False), "gelu", (x,), backward)
+
+
+def silu(x) -> Tensor:
+    """x * sigmoid(x) (also called swish)."""
+    x = _t(x)
+    a = x.data
+    s = _xp(x).tanh(a * 0.5)
+    s += 1
+    s *= 0.5  # sigmoid(a), without overflow
+
+    def backward(g):  # d/dx = s (1 + x (1 - s))
+        return (g * (s * (1 + a * (1 - s))),)
+
+    return Tensor._node(a * s, "silu", (x,), backward)
+
+
+def sigmoid(x) -> Tensor:
+    """1 / (1 + e^-x)."""
+    return _t(x).sigmoid()
+
+
+def tanh(x) -> Tensor:
+    """Hyperbolic tangent."""
+    return _t(x).tanh()
+
+
+# ---- softmax family ---------------------------------------------------------------------------------
+
+
+def softmax(x, axis: int = -1) -> Tensor:
+    """exp(x) / sum(exp(x)) along `axis`, shifted by the max so it never overflows."""
+    x = _t(x)
+    xp = _xp(x)
+    s = x.data - x.data.max(axis=axis, keepdims=True)
+    xp.exp(s, out=s)
+    s /= s.sum(axis=axis, keepdims=True)
+
+    def backward(g):  # dx = s * (g - sum(g * s))
+        return (s * (g - (g * s).sum(axis=axis, keepdims=True)),)
+
+    return Tensor._node(s, "softmax", (x,), backward)
+
+
+def log_softmax(x, axis: int = -1) -> Tensor:
+    """x - logsumexp(x) along `axis`, computed stably."""
+    x = _t(x)
+    xp = _xp(x)
+    shifted = x.data - x.data.max(axis=axis, keepdims=True)
+    out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+    def backward(g):  # dx = g - softmax(x) * sum(g)
+        return (g - xp.exp(out) * g.sum(axis=axis, keepdims=True),)
+
+    return Tensor._node(out, "log_softmax", (x,), backward)
+
+
+def _targets(targets, shape: tuple, n_classes: int, ignore_index, op: str):
+    """Validated integer class ids as a backend array of `shape`."""
+    t = targets.data if isinstance(targets, Tensor) else targets
+    if isinstance(t, (list, tuple, int)):
+        t = np.asarray(t)
+    if not hasattr(t, "dtype") or t.dtype.kind not in "iu":
+        got = getattr(t, "dtype", type(t).__name__)
+        raise TypeError(f"{op}: targets must be integer class ids, got {got}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(
+            f"{op}: targets have shape {tuple(t.shape)} but logits need {tuple(shape)} "
+            f"(logits shape {tuple(shape) + (n_classes,)})"
+        )
+    flat = t.reshape(-1)
+    valid = flat if ignore_index is None else flat[flat != ignore_index]
+    if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= n_classes):
+        host = B.to_numpy(flat)
+        bad = (host < 0) | (host >= n_classes)
+        if ignore_index is not None:
+            bad &= host != ignore_index
+        i = int(np.argmax(bad))
+        pos = tuple(int(v) for v in np.unravel_index(i, shape))
+        raise ValueError(
+            f"{op}: target {int(host[i])} at position {pos[0] if len(pos) == 1 else pos} is out of range "
+            f"for {n_classes} classes (valid ids are 0..{n_classes - 1})"
+        )
+    return flat
+
+
+def cross_entropy(logits, targets, ignore_index: int | None = None) -> Tensor:
+    """Mean negative log-likelihood of integer `targets` under softmax(logits) over the last axis."""
+    logits = _t(logits)
+    if logits.ndim < 1:
+        raise ValueError("cross_entropy: logits need a class axis; got a scalar")
+    n_classes = logits.shape[-1]
+    t = _targets(targets, logits.shape[:-1], n_classes, ignore_index, "cross_entropy")
+    xp = _xp(logits)
+    z = _flat_rows(logits.data, n_classes)  # (N, C)
+    rows = xp.arange(z.shape[0])
+    keep = None if ignore_index is None else t != ignore_index
+    t_safe = t if keep is None else xp.where(keep, t, 0)
+    p = z - z.max(axis=1, keepdims=True)  # shifted logits: max is 0, exp cannot overflow
+    picked = p[rows, t_safe]  # (N,)
+    xp.exp(p, out=p)
+    total = p.sum(axis=1, keepdims=True)  # (N, 1)
+    p /= total  # softmax probabilities
+    nll = xp.log(total[:, 0]) - picked  # (N,) = logsumexp - target logit
+    count = z.shape[0] if keep is None else int(keep.sum())
+    if keep is not None:
+        nll = nll * keep
+    loss = nll.sum() / max(count, 1)
+    out = xp.asarray(loss, dtype=z.dtype)
+
+    def backward(g):  # d/dz = (softmax - onehot(target)) / N
+        scale = g / max(count, 1)
+        gz = p * scale
+        gz[rows, t_safe] -= scale
+        if keep is not None:
+            gz *= keep[:, None]
+        return (gz.reshape(logits.data.shape),)
+
+    return Tensor._node(out, "cross_entropy", (logits,), backward)
+
+
+# ---- normalisation -------------------------------------------------------------------------------
+
+
+def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis."""
+    x = _t(x)
+    weight = None if weight is None else _t(weight)
+    bias = None if bias is None else _t(bias)
+    _same_backend("layer_norm", x, weight, bias)
+    d = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (d,):
+            raise ValueError(f"layer_norm: {name} has shape {p.shape} but x has {d} features, so ({d},)")
+    xp = _xp(x)
+    a = x.data
+    xc = a - a.mean(axis=-1, keepdims=True)  # (..., D)
+    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+    xhat = xc
+    xhat *= rstd  # (..., D), xc is not needed again
+    out = xhat * weight.data if weight is not None else xhat.copy()
+    if bias is not None:
+        out += bias.data
+
+    def backward(g):
+        gxhat = g * weight.data if weight is not None else g
+        gx = gw = gb = None
+        if x.requires_grad:  # dx = rstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
+            gx = gxhat - gxhat.mean(axis=-1, keepdims=True)
+            gx -= xhat * (gxhat * xhat).mean(axis=-1, keepdims=True)
+            gx *= rstd
+        if weight is not None and weight.requires_grad:
+            gw = (g * xhat).reshape(-1, d).sum(axis=0)
+        if bias is not None and bias.requires_grad:
+            gb = g.reshape(-1, d).sum(axis=0)
+        return [gx] + [gw] * (weight is not None) + [gb] * (bias is not None)
+
+    parents = tuple(p for p in (x, weight, bias) if p is not None)
+    return Tensor._node(out, "layer_norm", parents, backward)
+
+
+def rms_norm(x, weight=None, eps: float = 1e-6) -> Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis (LLaMA's RMSNorm)."""
+    x = _t(x)
+    weight = None if weight is None else _t(weight)
+    _same_backend("rms_norm", x, weight)
+    d = x.shape[-1]
+    if weight is not None and weight.shape != (d,):
+        raise ValueError(f"rms_norm: weight has shape {weight.shape} but x has {d} features, so ({d},)")
+    xp = _xp(x)
+    a = x.data
+    rrms = 1.0 / xp.sqrt((a * a).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+    xhat = a * rrms  # (..., D)
+    out = xhat * weight.data if weight is not None else xhat
+
+    def backward(g):
+        gxhat = g * weight.data if weight is not None else g
+        gx = gw = None
+        if x.requires_grad:  # dx = rrms * (gxhat - xhat * mean(gxhat * xhat))
+            gx = gxhat - xhat * (gxhat * xhat).mean(axis=-1, keepdims=True)
+            gx *= rrms
+        if weight is not None and weight.requires_grad:
+            gw = (g * xhat).reshape(-1, d).sum(axis=0)
+        return (gx, gw) if weight is not None else (gx,)
+
+    parents = (x,) if weight is None else (x, weight)
+    return Tensor._node(out, "rms_norm", parents, backward)
+
+
+# ---- embedding and dropout -----------------------------------------------------------------------
+
+
+def embedding(ids, weight) -> Tensor:
+    """Rows of weight (num, dim) picked by integer ids (any shape) -> (*ids.shape, dim)."""
+    weight = _t(weight)
+    if weight.ndim != 2:
+        raise ValueError(f"embedding: weight must be 2-D (num, dim), got shape {weight.shape}")
+    num, dim = weight.shape
+    idx = ids.data if isinstance(ids, Tensor) else ids
+    if isinstance(idx, (list, tuple, int)):
+        idx = np.asarray(idx)
+    if not hasattr(idx, "dtype") or idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding: ids must be integers, got {getattr(idx, 'dtype', type(idx).__name__)}")
+    idx = B.asarray(idx, backend=B.backend_of(weight.data))
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= num):
+        bad = int(idx.max()) if int(idx.max()) >= num else int(idx.min())
+        raise ValueError(
+            f"embedding: id {bad} is out of range for {num} embeddings (valid ids are 0..{num - 1})"
+        )
+    out = weight.data[idx]  # (*ids.shape, dim)
+
+    def backward(g):  # scatter-add rows of g back into the rows they came from
+        gw = B.module_of(g).zeros_like(weight.data)
+        B.scatter_add(gw, idx.reshape(-1), g.reshape(-1, dim))
+        return (gw,)
+
+    return Tensor._node(out, "embedding", (weight,), backward)
+
+
+def dropout(x, p: float = 0.5, training: bool = True) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p), in training only."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    x = _t(x)
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    mask = (B.rng(x.backend).random(x.shape, dtype=np.float32) >= p).astype(x.dtype)
+    mask *= 1.0 / (1.0 - p)
+    return Tensor._node(x.data * mask, "dropout", (x,), lambda g: (g * mask,))
+
+
+# ---- attention ------------------------------------------------------------------------------------
+
+_causal_cache: dict = {}
+
+
+def _future(tq: int, tk: int, xp):
+    """Boolean (tq, tk) mask, True where a query would see a key in its future.
+
+    Queries are the last tq positions of the tk keys (so it also serves a KV cache).
+    """
+    key = (tq, tk, xp.__name__)
+    if key not in _causal_cache:
+        if len(_causal_cache) > 64:
+            _causal_cache.clear()
+        q_pos = xp.arange(tk - tq, tk)[:, None]
+        _causal_cache[key] = xp.arange(tk)[None, :] > q_pos
+    return _causal_cache[key]
+
+
+def scaled_dot_product_attention(
+    q,
+    k,
+    v,
+    causal: bool = True,
+    mask=None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    training: bool = True,
+) -> Tensor:
+    """softmax(q @ k^T * scale + masks) @ v over (..., T, head_dim) inputs.
+
+    q (..., Hq, Tq, D), k (..., Hk, Tk, D), v (..., Hk, Tk, Dv); when Hq is a multiple of Hk
+    the query heads share key/value heads in groups (grouped-query attention). `mask` is a
+    boolean array broadcastable to (..., Tq, Tk), True where attention is allowed.
+    """
+    q, k, v = _t(q), _t(k), _t(v)
+    _same_backend("scaled_dot_product_attention", q, k, v)
+    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
+        raise ValueError(
+            f"scaled_dot_product_attention: need (..., T, D) inputs, got {q.shape}, {k.shape}, {v.shape}"
+        )
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape}: q and k need the "
+            "same head_dim and k and v the same length"
+        )
+    xp = _xp(q)
+    qd, kd, vd = q.data, k.data, v.data
+    groups = 1
+    if q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] != k.shape[-3] and k.shape[-3] != 1:
+        hq, hk = q.shape[-3], k.shape[-3]
+        if hq % hk or k.shape[-3] != v.shape[-3]:
+            raise ValueError(
+                f"scaled_dot_product_attention: {hq} query heads cannot share {hk} key/value heads"
+            )
+        groups = hq // hk  # q (..., Hk, G, Tq, D); k, v (..., Hk, 1, Tk, D)
+        qd = qd.reshape(*q.shape[:-3], hk, groups, *q.shape[-2:])
+        kd, vd = kd[..., None, :, :], vd[..., None, :, :]
+    tq, tk = q.shape[-2], k.shape[-2]
+    if causal and tq > tk:
+        raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {tq} > {tk}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = qd @ kd.swapaxes(-1, -2)  # (..., Tq, Tk)
+    s *= scale
+    neg = xp.finfo(s.dtype).min
+    if causal:
+        xp.copyto(s, neg, where=_future(tq, tk, xp))
+    if mask is not None:
+        allowed = mask.data if isinstance(mask, Tensor) else B.asarray(mask, backend=q.backend)
+        if groups > 1 and allowed.ndim >= 3:
+            allowed = (
+                allowed[..., None, :, :]
+                if allowed.shape[-3] == 1
+                else allowed.reshape(*allowed.shape[:-3], -1, groups, *allowed.shape[-2:])
+            )
+        xp.copyto(s, neg, where=~allowed.astype(bool))
+    s -= s.max(axis=-1, keepdims=True)
+    xp.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    p = s  # attention weights (..., Tq, Tk)
+    drop = None
+    if dropout_p > 0.0 and training:
+        drop = (B.rng(q.backend).random(p.shape, dtype=np.float32) >= dropout_p).astype(p.dtype) / (
+            1 - dropout_p
+        )
+    pd = p if drop is None else p * drop
+    out = pd @ vd  # (..., Tq, Dv)
+
+    def backward(g):
+        g = g.reshape(out.shape)
+        gq = gk = gv = None
+        if v.requires_grad:
+            gv = _ungroup(pd.swapaxes(-1, -2) @ g, v.data.shape, groups)  # (..., Tk, Dv)
+        if q.requires_grad or k.requires_grad:
+            gp = g @ vd.swapaxes(-1, -2)  # (..., Tq, Tk)
+            if drop is not None:
+                gp *= drop
+            gs = gp
+            gs -= (gp * p).sum(axis=-1, keepdims=True)  # softmax backward, in place
+            gs *= p
+            gs *= scale
+            if q.requires_grad:
+                gq = (gs @ kd).reshape(q.data.shape)  # (..., Tq, D)
+            if k.requires_grad:
+                gk = _ungroup(gs.swapaxes(-1, -2) @ qd, k.data.shape, groups)  # (..., Tk, D)
+        return gq, gk, gv
+
+    final = out.reshape(*out.shape[:-4], -1, *out.shape[-2:]) if groups > 1 else out
+    return Tensor._node(final, "attention", (q, k, v), backward)
+
+
+def _ungroup(g, shape, groups: int):
+    """Sum a grouped (..., Hk, G, T, D) key/value gradient over its G query heads."""
+    return g.sum(axis=-3) if groups > 1 else g  # the engine unbroadcasts anything else
