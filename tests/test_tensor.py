@@ -236,3 +236,12 @@ def test_factories_are_seeded():
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert a.dtype == np.float32 and tl.zeros(2).dtype == np.float32
     assert tl.ones(2, 2, requires_grad=True).requires_grad
+
+
+def test_row_scatter_handles_negative_and_repeated_indices():
+    x = tl.Tensor(np.arange(10.0).reshape(5, 2), requires_grad=True)
+    x[np.array([-1, 4, 0, -1, 2])].sum().backward()
+    np.testing.assert_array_equal(tl.to_numpy(x.grad)[:, 0], [1, 0, 1, 0, 3])
+    y = tl.Tensor(np.ones((3, 2)), requires_grad=True)
+    y[np.array([], dtype=int)].sum().backward()
+    np.testing.assert_array_equal(tl.to_numpy(y.grad), np.zeros((3, 2)))

@@ -21,6 +21,7 @@ from .tensor import (
 )
 from .gradcheck import GradcheckError, gradcheck
 from . import functional
+from . import io, nn, models, optim, lora, lowrank, data
 
 __all__ = [
     "Tensor",
@@ -45,4 +46,11 @@ __all__ = [
     "stack",
     "where",
     "functional",
+    "io",
+    "nn",
+    "models",
+    "optim",
+    "lora",
+    "lowrank",
+    "data",
 ]

@@ -248,3 +248,117 @@ def op_chain_torch(n_ops: int = 1000, size: int = 8):
         x.sum().backward()
 
     return step
+
+
+# ---- GPT -------------------------------------------------------------------------------------
+
+GPT_SHAPE = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+GPT_BATCH = 32
+
+
+def gpt_problem(n_embd: int = 128, batch: int = GPT_BATCH, seed: int = 0, **overrides) -> dict:
+    """A GPT config (nanoGPT-style, tied head), its initial weights and one batch of ids."""
+    from .models import GPT, GPTConfig
+    from .tensor import manual_seed
+
+    shape = dict(GPT_SHAPE, n_embd=n_embd, **overrides)
+    manual_seed(seed)
+    with B.use_backend("numpy"):
+        model = GPT(GPTConfig(**shape))
+    r = np.random.default_rng(seed)
+    ids = r.integers(0, shape["vocab_size"], (batch, shape["block_size"] + 1))
+    state = {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
+    return {"config": shape, "state": state, "x": ids[:, :-1], "y": ids[:, 1:]}
+
+
+def gpt_tinylora_step(problem: dict, lora_r: int | None = None, lr: float = 1e-3):
+    """One AdamW training step of the GPT (full fine-tuning, or LoRA r on q_proj, v_proj)."""
+    from .models import GPT, GPTConfig
+    from .optim import AdamW
+
+    model = GPT(GPTConfig(**problem["config"]))
+    model.load_state_dict(problem["state"])
+    if lora_r:
+        from . import lora
+
+        lora.apply_lora(
+            model, lora.LoRAConfig(r=lora_r, alpha=2 * lora_r, target_modules=("q_proj", "v_proj"))
+        )
+        lora.mark_only_lora_trainable(model)
+    opt = AdamW(model.parameters(), lr=lr)
+    xp = B.xp()
+    x, y = xp.asarray(problem["x"]), xp.asarray(problem["y"])
+
+    def step():
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step.model, step.optimizer = model, opt
+    return step
+
+
+def gpt_torch_step(problem: dict, lora_r: int | None = None, lr: float = 1e-3):
+    """The same GPT step in PyTorch eager: same weights, GELU tanh form, SDPA, tied head, AdamW."""
+    torch = torch_module()
+    nnf = torch.nn.functional
+    dev = torch_device()
+    cfg = problem["config"]
+    c, h = cfg["n_embd"], cfg["n_head"]
+    w = {k: torch.tensor(v, device=dev) for k, v in problem["state"].items()}
+    train = {}
+
+    def linear(name, x):
+        out = nnf.linear(x, w[name + ".weight"], w.get(name + ".bias"))
+        if lora_r and name + ".lora_A" in train:
+            out = out + (x @ train[name + ".lora_A"].T @ train[name + ".lora_B"].T) * 2.0
+        return out
+
+    if lora_r:
+        g = torch.Generator().manual_seed(0)
+        for i in range(cfg["n_layer"]):
+            for proj in ("q_proj", "v_proj"):
+                name = f"blocks.{i}.attn.{proj}"
+                a = (torch.rand(lora_r, c, generator=g) * 2 - 1) / c**0.5
+                train[name + ".lora_A"] = a.to(dev).requires_grad_()
+                train[name + ".lora_B"] = torch.zeros(c, lora_r, device=dev, requires_grad=True)
+        params = list(train.values())
+    else:
+        for v in w.values():
+            v.requires_grad_()
+        params = list(w.values())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, weight_decay=0.01
+    )
+    x = torch.tensor(problem["x"], device=dev)
+    y = torch.tensor(problem["y"], device=dev)
+    pos = torch.arange(x.shape[1], device=dev)
+
+    def forward():
+        b, t = x.shape
+        hid = w["tok_emb.weight"][x] + w["pos_emb.weight"][pos]
+        for i in range(cfg["n_layer"]):
+            p = f"blocks.{i}."
+            a = nnf.layer_norm(hid, (c,), w[p + "ln_1.weight"], w[p + "ln_1.bias"])
+            q, k, v = (linear(p + f"attn.{n}_proj", a).view(b, t, h, c // h).transpose(1, 2) for n in "qkv")
+            att = nnf.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, c)
+            hid = hid + linear(p + "attn.o_proj", att)
+            a = nnf.layer_norm(hid, (c,), w[p + "ln_2.weight"], w[p + "ln_2.bias"])
+            hid = hid + linear(
+                p + "mlp.down_proj", nnf.gelu(linear(p + "mlp.up_proj", a), approximate="tanh")
+            )
+        hid = nnf.layer_norm(hid, (c,), w["ln_f.weight"], w["ln_f.bias"])
+        logits = hid @ w["tok_emb.weight"].T
+        return nnf.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def step():
+        loss = forward()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step.forward = forward
+    return step

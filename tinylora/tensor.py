@@ -215,15 +215,16 @@ class Tensor:
                 raise ValueError(f"backward: grad has shape {tuple(g.shape)} but the tensor has {self.shape}")
             g = g.copy()  # the caller keeps their array
         grads = {id(self): g}
+        owned: set = set()  # arrays this pass handed to a leaf's .grad (never hand one out twice)
         for node in _topological_order(self):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
-            if node._backward is None or node._retain:
-                _accumulate(node, g if node._backward is None else g.copy())
-                if node._backward is None:
-                    continue
-            roots = []
+            if node._backward is None:  # a leaf: all its contributions are summed by now
+                _accumulate(node, g, owned)
+                continue
+            if node._retain:
+                _accumulate(node, g.copy(), owned)
             for p, pg in zip(node._prev, node._backward(g)):
                 if pg is None or not p.requires_grad:
                     continue
@@ -233,12 +234,8 @@ class Tensor:
                     pg = _unbroadcast(pg, p.data.shape)
                 if pg.dtype != p.data.dtype:
                     pg = pg.astype(p.data.dtype)
-                root = pg if pg.base is None else pg.base
-                if any(root is r for r in roots):  # two inputs got one array: keep them apart
-                    pg = pg.copy()
-                roots.append(root)
                 key = id(p)
-                grads[key] = grads[key] + pg if key in grads else pg
+                grads[key] = grads[key] + pg if key in grads else pg  # never in place: pg may be shared
 
     # ---- elementwise arithmetic (broadcasting; _unbroadcast sums grads back) -----------
 
@@ -304,11 +301,9 @@ class Tensor:
         p = exponent
 
         def backward(g):  # d(a^p)/da = p * a^(p-1)
-            if p == 2:
-                return (g * (2 * a.data),)
-            return (g * (p * a.data ** (p - 1)),)
+            return (g * (p * _power(a.data, p - 1)),)
 
-        return Tensor._node(a.data**p, "pow", (a,), backward)
+        return Tensor._node(_power(a.data, p), "pow", (a,), backward)
 
     def __rpow__(self, base):  # base ** self, base a number: d/dx = out * log(base)
         if not isinstance(base, (int, float)):
@@ -536,12 +531,35 @@ def _topological_order(root: Tensor) -> list:
     return order
 
 
-def _accumulate(t: Tensor, g) -> None:
-    """Add g into t.grad, taking ownership of g when it is a fresh array."""
+def _accumulate(t: Tensor, g, owned: set) -> None:
+    """Add g into t.grad; take g itself (no copy) if it is a whole array no other leaf holds.
+
+    Backward functions only read their incoming gradient, and pending gradients are summed
+    out of place, so the one thing to avoid is two .grad attributes sharing memory (they are
+    later updated in place). Views and arrays already handed out this pass are copied.
+    """
     if t.grad is None:
-        t.grad = g if g.base is None else g.copy()
+        if g.base is not None or id(g) in owned:
+            g = g.copy()
+        owned.add(id(g))
+        t.grad = g
     else:
         t.grad += g
+
+
+def _power(a, p):
+    """a ** p for a python number p, with the common exponents computed without pow (much faster)."""
+    if p == 1:
+        return a.copy()
+    if p == 2:
+        return a * a
+    if p == 3:
+        return a * a * a
+    if p == 0.5:
+        return B.module_of(a).sqrt(a)
+    if p == -1:
+        return 1 / a
+    return a**p
 
 
 def _reshaped(g, shape):

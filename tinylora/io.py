@@ -1,0 +1,99 @@
+"""Weight files: state dicts as safetensors, written atomically (temporary file, then rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import backend as B
+from .tensor import Tensor
+
+
+class WeightFileError(ValueError):
+    """A weight file is missing, truncated, or not a safetensors file."""
+
+
+def _safetensors_numpy():
+    try:
+        from safetensors import numpy as st_numpy
+    except ImportError:
+        raise ImportError(
+            'reading and writing weight files needs the "safetensors" package: '
+            'pip install "tinylora[course]" (or "tinylora[models]")'
+        ) from None
+    return st_numpy
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = ""):
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write a text file so that readers see the old or the new content, never half of it."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_weights(tensors: dict, path, metadata: dict | None = None) -> Path:
+    """Save {name: array or Tensor} as a safetensors file (host float arrays), atomically."""
+    st_numpy = _safetensors_numpy()
+    arrays = {}
+    for name, value in tensors.items():
+        arrays[name] = np.ascontiguousarray(B.to_numpy(value.data if isinstance(value, Tensor) else value))
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    path = Path(path)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        st_numpy.save_file(arrays, str(tmp), metadata=meta or None)
+    return path
+
+
+def load_weights(path) -> dict:
+    """Read a safetensors file into {name: numpy array}; clear errors for bad files."""
+    st_numpy = _safetensors_numpy()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {str(path)!r} does not exist")
+    try:
+        return st_numpy.load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError, ValueError: all mean a bad file
+        raise WeightFileError(
+            f"weight file {str(path)!r} is not a valid safetensors file (truncated or foreign?): {e}"
+        ) from None
+
+
+def read_metadata(path) -> dict:
+    """The string metadata stored in a safetensors header (JSON values decoded when possible)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or n > os.path.getsize(path) - 8:
+                raise ValueError(f"header length {n} does not fit in the file")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"weight file {str(path)!r} does not exist") from None
+    except Exception as e:
+        raise WeightFileError(f"weight file {str(path)!r} has no readable safetensors header: {e}") from None
+    out = {}
+    for k, v in (header.get("__metadata__") or {}).items():
+        try:
+            out[k] = json.loads(v)
+        except (TypeError, ValueError):
+            out[k] = v
+    return out

@@ -1,0 +1,49 @@
+"""LoRA: adapters beside a frozen base (inject, train, merge, swap, save and load)."""
+
+from .config import LoRAConfig
+from .files import AdapterFileError, load_adapter, read_adapter_config, save_adapter
+from .layer import Adapter, LoRALinear
+from .model import (
+    ParameterReport,
+    active_adapter,
+    adapter_names,
+    add_adapter,
+    apply_lora,
+    count_parameters,
+    delete_adapter,
+    disable_adapters,
+    find_targets,
+    lora_layers,
+    mark_only_lora_trainable,
+    merge_and_unload,
+    merge_lora,
+    parameter_report,
+    set_adapter,
+    unmerge_lora,
+)
+
+__all__ = [
+    "LoRAConfig",
+    "LoRALinear",
+    "Adapter",
+    "apply_lora",
+    "add_adapter",
+    "set_adapter",
+    "delete_adapter",
+    "disable_adapters",
+    "merge_lora",
+    "unmerge_lora",
+    "merge_and_unload",
+    "mark_only_lora_trainable",
+    "count_parameters",
+    "parameter_report",
+    "ParameterReport",
+    "save_adapter",
+    "load_adapter",
+    "read_adapter_config",
+    "AdapterFileError",
+    "lora_layers",
+    "adapter_names",
+    "active_adapter",
+    "find_targets",
+]
