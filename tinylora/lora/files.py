@@ -63,12 +63,6 @@ def _join(path: str, leaf: str) -> str:
     return f"{path}.{leaf}" if path else leaf
 
 
-def _ancestors(name: str) -> list:
-    """'a.b.weight' -> ['a', 'a.b']: the modules a parameter sits in."""
-    parts = name.split(".")[:-1]
-    return [".".join(parts[: i + 1]) for i in range(len(parts))]
-
-
 def _fingerprint(params: dict, skip: set) -> dict:
     """Shapes and sha256 of the frozen base weights (everything not saved in the adapter)."""
     modules = {}
@@ -83,9 +77,12 @@ def _fingerprint(params: dict, skip: set) -> dict:
 def _extras(model: Module, config: LoRAConfig, params: dict) -> dict:
     """Non-LoRA parameters the adapter carries: modules_to_save and trained biases."""
     names = set()
-    if config.modules_to_save:
+    if config.modules_to_save:  # by module, so that a tied weight (lm_head = tok_emb) is found too
         probe = LoRAConfig(target_modules=config.modules_to_save)
-        names |= {n for n in params if any(probe.matches(m) for m in _ancestors(n))}
+        plain = {id(p): n for n, (p, _) in params.items()}
+        for path, mod in model.named_modules():
+            if path and probe.matches(path):
+                names |= {plain[id(p)] for _, p in mod.named_parameters() if id(p) in plain}
     if config.bias == "all":
         names |= {n for n in params if n.endswith(".bias") or n == "bias"}
     elif config.bias == "lora_only":
@@ -115,17 +112,20 @@ def save_adapter(model: Module, directory, adapter_name: str | None = None) -> d
     tensors.update({n: p.data for n, p in extras.items()})
     directory = Path(directory)
     weights_path = directory / WEIGHTS_NAME
-    save_weights(tensors, weights_path, metadata={"format": "pt", "adapter_name": name})
-    meta = dict(
-        config.to_dict(),
-        peft_type="LORA",
-        adapter_name=name,
-        tinylora_version=__version__,
-        weights_sha256=hashlib.sha256(weights_path.read_bytes()).hexdigest(),
-        fingerprint=_fingerprint(params, set(extras)),
-    )
-    with atomic_path(directory / CONFIG_NAME) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    # both files are written to temporaries first and renamed over the old ones only when
+    # both are complete: a failure part-way leaves an existing adapter loadable
+    weights_tmp = atomic_path(weights_path, suffix=".safetensors")
+    with weights_tmp as wtmp, atomic_path(directory / CONFIG_NAME) as ctmp:
+        save_weights(tensors, wtmp, metadata={"format": "pt", "adapter_name": name})
+        meta = dict(
+            config.to_dict(),
+            peft_type="LORA",
+            adapter_name=name,
+            tinylora_version=__version__,
+            weights_sha256=hashlib.sha256(wtmp.read_bytes()).hexdigest(),
+            fingerprint=_fingerprint(params, set(extras)),
+        )
+        ctmp.write_text(json.dumps(meta, indent=2) + "\n")
     n_params = sum(int(t.size) for t in tensors.values())
     payload = sum(int(t.nbytes) for t in tensors.values())
     size = weights_path.stat().st_size
@@ -160,20 +160,29 @@ def read_adapter_config(directory) -> dict:
 
 def _check_fingerprint(saved: dict, params: dict, directory) -> None:
     """Refuse a base that differs from the one the adapter was trained on, naming what differs."""
-    if not isinstance(saved, dict) or "modules" not in saved:
+    if saved is None:
         return  # an adapter written without a fingerprint: nothing to compare
-    problems = []
-    for name, entry in saved["modules"].items():
+    modules = saved.get("modules") if isinstance(saved, dict) else None
+    if not isinstance(modules, dict) or not all(
+        isinstance(e, dict) and isinstance(e.get("shape"), list) and isinstance(e.get("sha256"), str)
+        for e in modules.values()
+    ):
+        raise AdapterFileError(f"{str(directory)!r}: the fingerprint in {CONFIG_NAME} is malformed")
+    structural, weights = [], []  # missing or mis-shaped parameters first: they say the most
+    for name, entry in modules.items():
         if name not in params:
-            problems.append(
+            structural.append(
                 f"the model has no parameter {name!r} (shape {tuple(entry['shape'])} in the adapter's base)"
             )
             continue
         p, known = params[name]
         if list(p.shape) != list(entry["shape"]):
-            problems.append(f"{name}: adapter's base has shape {tuple(entry['shape'])}, this model {p.shape}")
+            structural.append(
+                f"{name}: adapter's base has shape {tuple(entry['shape'])}, this model {p.shape}"
+            )
         elif (known or digest(p.data)) != entry["sha256"]:
-            problems.append(f"{name}: same shape {p.shape} but different weights")
+            weights.append(f"{name}: same shape {p.shape} but different weights")
+    problems = structural + weights
     if problems:
         shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
         raise AdapterFileError(
@@ -192,6 +201,9 @@ def load_adapter(model: Module, directory, name: str | None = None) -> Module:
     """
     directory = Path(directory)
     meta = read_adapter_config(directory)
+    merged = [p for p, layer in lora_layers(model) if layer.merged]
+    if merged:  # loading into a merged adapter would leave its old update in the weights
+        raise RuntimeError(f"load_adapter: unmerge_lora(model) first (merged layers: {', '.join(merged)})")
     try:
         config = LoRAConfig.from_dict(meta)
     except (ValueError, TypeError) as e:

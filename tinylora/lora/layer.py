@@ -71,7 +71,7 @@ class LoRALinear(Module):
         super().__init__()
         if not isinstance(base, Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
-        self.base = base.requires_grad_(False)
+        self.base = base
         self.base_digest = digest(base.weight.data)  # the base weight as it was: fingerprints use it
         self.adapters = ModuleDict()
         self.active = None  # name of the adapter in use, or None
@@ -82,6 +82,7 @@ class LoRALinear(Module):
         )
         self.add_adapter(adapter_name, cfg)
         self.active = adapter_name
+        base.requires_grad_(False)  # frozen only once the adapter exists (a failure leaves it as it was)
 
     # ---- the active adapter, as the contract names it ---------------------------------------
 
@@ -102,6 +103,8 @@ class LoRALinear(Module):
 
     def add_adapter(self, name: str, config: LoRAConfig) -> Adapter:
         """Create adapter `name`, initialised as config.init says (B = 0 unless PiSSA)."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {name!r}")
         if name in self.adapters:
             raise ValueError(f"adapter {name!r} already exists in this layer")
         if self.merged is not None:

@@ -60,11 +60,30 @@ def apply_lora(model: Module, config: LoRAConfig, adapter_name: str = "default")
             f"{', '.join(adapted)} already has LoRA adapters; use lora.add_adapter(model, name, config) "
             "to add another adapter"
         )
+    _check_can_adapt(model, targets, config, adapter_name)
+    if config.modules_to_save:  # checked here too, so that a bad name changes nothing
+        probe = LoRAConfig(target_modules=config.modules_to_save)
+        if not any(n and probe.matches(n) for n, _ in model.named_modules()):
+            raise ValueError(f"modules_to_save={config.modules_to_save!r} matches no module")
     for name in targets:
         layer = LoRALinear(model.get_submodule(name), adapter_name=adapter_name, config=config)
         model.set_submodule(name, layer)
     mark_only_lora_trainable(model, config.bias, config.modules_to_save)
     return model
+
+
+def _check_can_adapt(model: Module, targets: list, config: LoRAConfig, adapter_name: str) -> None:
+    """Raise before anything changes if adding the adapter to `targets` would fail part-way."""
+    if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
+        raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {adapter_name!r}")
+    if config.init == "pissa":
+        for name in targets:
+            mod = model.get_submodule(name)
+            shape = (mod.base if isinstance(mod, LoRALinear) else mod).weight.shape
+            if config.r > min(shape):
+                raise ValueError(
+                    f"pissa init: r={config.r} is larger than min{shape} of the weight of {name}"
+                )
 
 
 def add_adapter(model: Module, name: str, config: LoRAConfig) -> Module:
@@ -76,9 +95,9 @@ def add_adapter(model: Module, name: str, config: LoRAConfig) -> Module:
     existing = {n for _, layer in lora_layers(model) for n in layer.adapters}
     if name in existing:
         raise ValueError(f"adapter {name!r} already exists; delete_adapter first or pick another name")
-    if not name.isidentifier():
-        raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {name!r}")
     targets = find_targets(model, config)
+    _check_can_adapt(model, targets, config, name)
+    had_lora = bool(lora_layers(model))
     merged = [n for n, layer in lora_layers(model) if layer.merged]
     if merged:
         raise RuntimeError(f"unmerge before adding adapters (merged layers: {', '.join(merged)})")
@@ -92,6 +111,8 @@ def add_adapter(model: Module, name: str, config: LoRAConfig) -> Module:
             model.set_submodule(target, layer)
     if not any(layer.active for _, layer in lora_layers(model)):
         set_adapter(model, name)
+        if not had_lora:  # the first adapter: freeze the base as apply_lora does
+            mark_only_lora_trainable(model, config.bias, config.modules_to_save)
     else:
         _freeze_inactive(model)
     return model
@@ -144,11 +165,15 @@ def delete_adapter(model: Module, name: str) -> Module:
     merged = [n for n, layer in layers if layer.merged == name]
     if merged:
         raise RuntimeError(f"adapter {name!r} is merged in {', '.join(merged)}; unmerge before deleting it")
+    was_active = active_adapter(model) == name
     for path, layer in layers:
         layer.delete_adapter(name)
         if not len(layer.adapters):
             base = layer.base
             model.set_submodule(path, base)
+    remaining = adapter_names(model)
+    if was_active and remaining:  # as PEFT does: another adapter takes over
+        set_adapter(model, remaining[0])
     return model
 
 
@@ -171,7 +196,12 @@ def disable_adapters(model: Module):
 
 def merge_lora(model: Module) -> Module:
     """Fold each layer's active adapter into its base weight (inference at base speed)."""
-    for _, layer in lora_layers(model):
+    layers = [layer for _, layer in lora_layers(model)]
+    if any(layer.disabled for layer in layers):
+        raise RuntimeError(
+            "merge_lora inside disable_adapters(): the block promises base outputs; merge after it"
+        )
+    for layer in layers:
         layer.merge()
     return model
 
