@@ -242,3 +242,46 @@ def test_attention_with_key_padding_mask(case, data):
         rtol=1e-10,
         atol=1e-12,
     )
+
+
+@st.composite
+def lora_case(draw):
+    lead = draw(batch_shapes)
+    n_in, n_out, r = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    arrs = [
+        draw(arrays(s))
+        for s in (lead + (n_in,), (n_out, n_in), (n_out,), (r, n_in), (n_out, r), lead + (n_in,))
+    ]
+    return arrs, draw(st.floats(0.25, 4.0))
+
+
+@given(case=lora_case(), use_bias=st.booleans(), separate_input=st.booleans())
+def test_lora_linear(case, use_bias, separate_input):
+    (x, w, b, a, bm, xa), s = case
+    xa_arg = leaf(xa) if separate_input else None
+    if use_bias:
+        f = lambda x_, w_, b_, a_, bm_: F.lora_linear(x_, w_, b_, a_, bm_, s, x_adapter=xa_arg)
+        assert check_grad(f, leaf(x), leaf(w), leaf(b), leaf(a), leaf(bm))
+    else:
+        f = lambda x_, w_, a_, bm_: F.lora_linear(x_, w_, None, a_, bm_, s, x_adapter=xa_arg)
+        assert check_grad(f, leaf(x), leaf(w), leaf(a), leaf(bm))
+    if separate_input:  # the adapter's own input gets its gradient too
+        assert check_grad(
+            lambda xa_: F.lora_linear(leaf(x), leaf(w), None, leaf(a), leaf(bm), s, x_adapter=xa_), leaf(xa)
+        )
+    out = F.lora_linear(
+        leaf(x), leaf(w), leaf(b) if use_bias else None, leaf(a), leaf(bm), s, x_adapter=xa_arg
+    )
+    adapter_in = xa if separate_input else x
+    expected = x @ w.T + (b if use_bias else 0) + (adapter_in @ a.T @ bm.T) * s
+    np.testing.assert_allclose(tl.to_numpy(out), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_lora_linear_shape_errors():
+    x, w = leaf(np.ones((2, 3))), leaf(np.ones((4, 3)))
+    with pytest.raises(
+        ValueError, match=r"lora_linear: A \(2, 5\) and B \(4, 2\) do not fit weight \(4, 3\)"
+    ):
+        F.lora_linear(x, w, None, leaf(np.ones((2, 5))), leaf(np.ones((4, 2))), 1.0)
+    with pytest.raises(ValueError, match="lora_linear: x has 2 features but weight expects 3"):
+        F.lora_linear(leaf(np.ones((2, 2))), w, None, leaf(np.ones((2, 3))), leaf(np.ones((4, 2))), 1.0)

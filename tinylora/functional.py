@@ -67,21 +67,28 @@ def sum_leading(a):
 # ---- linear -------------------------------------------------------------------------------------
 
 
-def linear(x, weight, bias=None) -> Tensor:
-    """y = x @ weight.T + bias, with weight (out, in) and bias (out,)."""
+def _check_linear(op: str, x, weight, bias) -> tuple:
+    """Tensors for x, weight (out, in), bias (out,) or None, with errors in the reader's terms."""
     x, weight = _t(x), _t(weight)
     bias = None if bias is None else _t(bias)
-    _same_backend("linear", x, weight, bias)
+    _same_backend(op, x, weight, bias)
     if weight.ndim != 2:
-        raise ValueError(f"linear: weight must be 2-D (out, in), got shape {weight.shape}")
+        raise ValueError(f"{op}: weight must be 2-D (out, in), got shape {weight.shape}")
     n_out, n_in = weight.shape
     if x.ndim == 0 or x.shape[-1] != n_in:
         got = x.shape[-1] if x.ndim else "no"
         raise ValueError(
-            f"linear: x has {got} features but weight expects {n_in} (weight shape {weight.shape})"
+            f"{op}: x has {got} features but weight expects {n_in} (weight shape {weight.shape})"
         )
     if bias is not None and bias.shape != (n_out,):
-        raise ValueError(f"linear: bias has shape {bias.shape} but weight has {n_out} outputs, so ({n_out},)")
+        raise ValueError(f"{op}: bias has shape {bias.shape} but weight has {n_out} outputs, so ({n_out},)")
+    return x, weight, bias
+
+
+def linear(x, weight, bias=None) -> Tensor:
+    """y = x @ weight.T + bias, with weight (out, in) and bias (out,)."""
+    x, weight, bias = _check_linear("linear", x, weight, bias)
+    n_out, n_in = weight.shape
     w = weight.data
     x2 = _flat_rows(x.data, n_in)  # (N, in)
     y = x2 @ w.T  # (N, out)
@@ -99,6 +106,59 @@ def linear(x, weight, bias=None) -> Tensor:
 
     parents = (x, weight) if bias is None else (x, weight, bias)
     return Tensor._node(out, "linear", parents, backward)
+
+
+def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None) -> Tensor:
+    """LoRA in one op: y = x @ W.T + b + (x_adapter @ A.T @ B.T) * scaling.
+
+    W (out, in) and b are the frozen base; A (r, in), B (out, r). x_adapter is the adapter's
+    input (dropout(x) in training), x itself by default. Written as one op so the backward
+    can be read in one place, and so a frozen W costs only its forward and input-gradient
+    matmuls: its weight gradient is never formed.
+    """
+    x, weight, bias = _check_linear("lora_linear", x, weight, bias)
+    A, Bm = _t(lora_A), _t(lora_B)
+    n_out, n_in = weight.shape
+    r = A.shape[0]
+    if A.shape != (r, n_in) or Bm.shape != (n_out, r):
+        raise ValueError(
+            f"lora_linear: A {A.shape} and B {Bm.shape} do not fit weight {weight.shape} "
+            f"(need A (r, {n_in}) and B ({n_out}, r))"
+        )
+    xa = x if x_adapter is None else _t(x_adapter)
+    x2 = _flat_rows(x.data, n_in)  # (N, in)
+    xa2 = x2 if xa is x else _flat_rows(xa.data, n_in)  # (N, in)
+    y = x2 @ weight.data.T  # (N, out), the frozen path
+    if bias is not None:
+        y += bias.data
+    h = xa2 @ A.data.T  # (N, r): the input projected onto the adapter's r directions
+    h *= scaling
+    y += h @ Bm.data.T  # (N, out): + s * B A x
+    out = y.reshape(*x.shape[:-1], n_out)
+
+    def backward(g):  # g (..., out)
+        g2 = g.reshape(-1, n_out)  # (N, out)
+        gB = g2.T @ h if Bm.requires_grad else None  # (out, r) = s * g^T (A x)
+        gh = None
+        if A.requires_grad or xa.requires_grad:
+            gh = g2 @ Bm.data  # (N, r)
+            gh *= scaling
+        gA = gh.T @ xa2 if A.requires_grad else None  # (r, in)
+        gx = gxa = None
+        if x.requires_grad:
+            gx = g2 @ weight.data  # (N, in)
+            if xa is x:
+                gx += gh @ A.data
+            gx = gx.reshape(x.data.shape)
+        if xa is not x and xa.requires_grad:
+            gxa = (gh @ A.data).reshape(xa.data.shape)
+        gw = g2.T @ x2 if weight.requires_grad else None  # only if the base is not frozen
+        gb = sum_leading(g2) if bias is not None and bias.requires_grad else None
+        grads = [gx, gw] + ([gb] if bias is not None else []) + [gA, gB]
+        return grads + ([gxa] if xa is not x else [])
+
+    parents = (x, weight) + ((bias,) if bias is not None else ()) + (A, Bm) + ((xa,) if xa is not x else ())
+    return Tensor._node(out, "lora_linear", parents, backward)
 
 
 # ---- activations ----------------------------------------------------------------------------------
@@ -448,8 +508,8 @@ def scaled_dot_product_attention(
     if causal and tq > tk:
         raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {tq} > {tk}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s = qd @ kd.swapaxes(-1, -2)  # (..., Tq, Tk)
-    s *= scale
+    qs = qd * scale  # scaling q (Tq x D) is cheaper than scaling the scores (Tq x Tk)
+    s = qs @ kd.swapaxes(-1, -2)  # (..., Tq, Tk) = q k^T / sqrt(D)
     neg = xp.finfo(s.dtype).min
     if causal:
         xp.copyto(s, neg, where=_future(tq, tk, xp))
@@ -484,13 +544,14 @@ def scaled_dot_product_attention(
             if drop is not None:
                 gp *= drop
             gs = gp
-            gs -= sum_last(gp * p)  # softmax backward, in place
+            gs -= sum_last(gp * p)  # softmax backward, in place: gs = p * (gp - sum(gp * p))
             gs *= p
-            gs *= scale
             if q.requires_grad:
-                gq = (gs @ kd).reshape(q.data.shape)  # (..., Tq, D)
+                gq = gs @ kd  # (..., Tq, D)
+                gq *= scale
+                gq = gq.reshape(q.data.shape)
             if k.requires_grad:
-                gk = _ungroup(gs.swapaxes(-1, -2) @ qd, k.data.shape, groups)  # (..., Tk, D)
+                gk = _ungroup(gs.swapaxes(-1, -2) @ qs, k.data.shape, groups)  # (..., Tk, D)
         return gq, gk, gv
 
     final = out.reshape(*out.shape[:-4], -1, *out.shape[-2:]) if groups > 1 else out

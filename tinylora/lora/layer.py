@@ -171,9 +171,8 @@ class LoRALinear(Module):
     # ---- forward ---------------------------------------------------------------------------
 
     def forward(self, x):
-        y = self.base(x)  # (..., out), the frozen path
         if self.active is None or self.disabled:
-            return y
+            return self.base(x)  # (..., out), the frozen path alone
         ad = self.adapters[self.active]
         if self.merged is not None:
             if self.training and is_grad_enabled() and ad.lora_A.requires_grad:
@@ -182,9 +181,14 @@ class LoRALinear(Module):
                     "count its update twice: call lora.unmerge_lora(model) before training "
                     "(or use model.eval() / tl.no_grad() for inference)"
                 )
-            return y
-        xd = F.dropout(x, ad.dropout, self.training) if ad.dropout else x  # dropout on the adapter input only
-        return y + F.linear(F.linear(xd, ad.lora_A) * ad.scaling, ad.lora_B)  # (..., r) -> (..., out)
+            return self.base(x)
+        xd = (
+            F.dropout(x, ad.dropout, self.training) if ad.dropout and self.training else None
+        )  # adapter input only
+        b = self.base
+        return F.lora_linear(
+            x, b.weight, b.bias, ad.lora_A, ad.lora_B, ad.scaling, x_adapter=xd
+        )  # (..., out)
 
     def extra_repr(self) -> str:
         state = f"active={self.active!r}" + (f", merged={self.merged!r}" if self.merged else "")
