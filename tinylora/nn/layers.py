@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -10,14 +11,36 @@ from .. import backend as B
 from .. import functional as F
 from .module import Module, Parameter
 
+_random_init = [True]
+
+
+@contextlib.contextmanager
+def no_init():
+    """Build layers without drawing random weights, because loaded ones are about to replace them.
+
+    Inside the block uniform() and normal() return uninitialised arrays: a 135M-parameter
+    model is built without drawing 135M random numbers, and the seeded generator is left
+    where it was (so a LoRA init after loading stays reproducible).
+    """
+    previous = _random_init[0]
+    _random_init[0] = False
+    try:
+        yield
+    finally:
+        _random_init[0] = previous
+
 
 def uniform(shape, bound: float, dtype=np.float32):
     """U(-bound, bound) from tinylora's seeded host generator (same weights on every backend)."""
+    if not _random_init[0]:
+        return np.empty(shape, dtype)
     return B.rng("numpy").uniform(-bound, bound, size=shape).astype(dtype)
 
 
 def normal(shape, std: float = 1.0, dtype=np.float32):
     """N(0, std^2) from tinylora's seeded host generator (same weights on every backend)."""
+    if not _random_init[0]:
+        return np.empty(shape, dtype)
     return (B.rng("numpy").standard_normal(shape) * std).astype(dtype)
 
 
