@@ -17,6 +17,16 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
+# One BLAS thread for the tests: on a shared 2-core machine OpenBLAS's spinning threads can make
+# small matmuls 10-100x slower when other processes compete for the cores. Speed is measured in
+# benchmarks/, never here.
+try:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+except ImportError:
+    pass
+
 BACKENDS = ["numpy", "cupy"]
 
 

@@ -245,3 +245,12 @@ def test_row_scatter_handles_negative_and_repeated_indices():
     y = tl.Tensor(np.ones((3, 2)), requires_grad=True)
     y[np.array([], dtype=int)].sum().backward()
     np.testing.assert_array_equal(tl.to_numpy(y.grad), np.zeros((3, 2)))
+
+
+def test_no_grad_decorator_is_safe_under_recursion():
+    @tl.no_grad()
+    def depth(n):
+        return depth(n - 1) if n else tl.is_grad_enabled()
+
+    assert depth(3) is False
+    assert tl.is_grad_enabled()

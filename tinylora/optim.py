@@ -81,6 +81,10 @@ class SGD(Optimizer):
     """p -= lr * (grad + weight_decay * p), with optional momentum (PyTorch's formulation)."""
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(
+                f"SGD: momentum and weight_decay must be >= 0, got {momentum} and {weight_decay}"
+            )
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     def _update(self, p, grad, group) -> None:
@@ -108,6 +112,10 @@ class Adam(Optimizer):
     ):
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
+        if eps <= 0 or weight_decay < 0:
+            raise ValueError(
+                f"{type(self).__name__}: need eps > 0 and weight_decay >= 0, got {eps} and {weight_decay}"
+            )
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     def _update(self, p, grad, group) -> None:
@@ -178,6 +186,8 @@ class CosineSchedule:
     """Sets every group's lr to cosine_lr(step) (scaled by the group's starting lr) on each step()."""
 
     def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.1):
+        if not 0.0 <= min_ratio <= 1.0:
+            raise ValueError(f"CosineSchedule: min_ratio must be in [0, 1], got {min_ratio}")
         if total_steps < 1 or warmup_steps < 0 or warmup_steps > total_steps:
             raise ValueError(
                 f"CosineSchedule: need 0 <= warmup_steps <= total_steps and total_steps >= 1, "
@@ -203,13 +213,15 @@ class CosineSchedule:
 
 def clip_grad_norm_(params, max_norm: float) -> float:
     """Scale gradients in place so their global L2 norm is at most max_norm; return the norm before."""
+    if not max_norm > 0:
+        raise ValueError(f"clip_grad_norm_: max_norm must be > 0, got {max_norm}")
     if hasattr(params, "parameters") and callable(params.parameters):
         params = params.parameters()
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
     total = math.sqrt(sum(float((g * g).sum(dtype="float64")) for g in grads))
-    if total > max_norm > 0:
+    if total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:
             g *= scale

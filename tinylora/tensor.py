@@ -23,6 +23,9 @@ _state = {"grad": True}
 class no_grad(contextlib.ContextDecorator):
     """Context manager (or decorator) in which ops build no graph."""
 
+    def _recreate_cm(self):  # a fresh instance per decorated call: safe under recursion
+        return type(self)()
+
     def __enter__(self):
         self.previous = _state["grad"]
         _state["grad"] = False

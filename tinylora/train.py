@@ -91,9 +91,11 @@ def train(
         if eval_fn is not None:
             was_training = model.training
             model.eval()
-            with no_grad():
-                metrics = eval_fn(model)
-            model.train(was_training)
+            try:
+                with no_grad():
+                    metrics = eval_fn(model)
+            finally:
+                model.train(was_training)
             row.update({f"eval_{k}": float(v) for k, v in metrics.items()})
         history.rows.append(row)
         return row

@@ -158,6 +158,8 @@ class GPT(Module):
             ids = ids[None, :]
         if temperature < 0:
             raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
+        if max_new_tokens < 0:
+            raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"generate: top_k must be a positive integer or None, got {top_k}")
         rng = np.random.default_rng(seed)

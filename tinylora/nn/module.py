@@ -53,6 +53,10 @@ class Module:
             if name in mods:
                 mods.remove(name)
             params.append(name)
+        elif name in mods and not isinstance(value, Module) and value is not None:
+            raise TypeError(
+                f"cannot assign {type(value).__name__} to sub-module {name!r} (need a Module or None)"
+            )
         elif isinstance(value, Module) and name not in mods:
             if name in params:
                 params.remove(name)
