@@ -633,3 +633,14 @@ def test_assigning_a_non_module_to_a_sub_module_slot_is_refused():
     m.first = nn.Parameter(np.ones(2, np.float32))
     assert [n for n, _ in m.named_children()] == ["second"]
     assert "first" in dict(m.named_parameters())
+
+
+def test_load_state_dict_assign_uses_the_arrays_without_copying():
+    layer = nn.Linear(3, 2)
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b64 = np.zeros(2)  # float64: must be converted, so it cannot be shared
+    layer.load_state_dict({"weight": w, "bias": b64}, assign=True)
+    assert layer.weight.data is w
+    assert layer.bias.dtype == np.float32 and layer.bias.data is not b64
+    layer.load_state_dict({"weight": w, "bias": b64})  # the default copies
+    assert layer.weight.data is not w

@@ -359,7 +359,7 @@ class Llama(Module):
                 weights[f"{module}.qweight"] = layer.qweight.data
             else:
                 weights[ours] = f.dequantize(theirs)
-        pretrained.assign_weights(model, weights, f"Llama.from_gguf({f.path.name})")
+        model.load_state_dict(weights, assign=True)
         model.tokenizer = build_tokenizer(f.metadata)
         model.file_memory = f.memory(names.values())  # bytes in the file vs as float32
         return model.eval()

@@ -228,7 +228,7 @@ class MiniLM(Module):
         """A model holding `weights` ({tinylora name: array}), all or nothing."""
         with no_init():
             model = cls(config)
-        pretrained.assign_weights(model, weights, "MiniLM")
+        model.load_state_dict(weights, assign=True)
         return model.eval()
 
     # ---- forward ----------------------------------------------------------------------------------

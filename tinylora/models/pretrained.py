@@ -78,25 +78,3 @@ def require(module: str):
             f'loading pretrained models needs the "{top}" package, which is not installed. '
             f"Install tinylora's model extras with:\n    {INSTALL_EXTRA}"
         ) from None
-
-
-def assign_weights(model, weights: dict, who: str) -> None:
-    """Make `weights` ({name: array}) the model's parameters, all or nothing, without copying."""
-    from .. import backend as B
-
-    own = dict(model.named_parameters())
-    problems = [f"missing {k!r} (shape {p.shape})" for k, p in own.items() if k not in weights]
-    problems += [f"unexpected {k!r} (shape {tuple(a.shape)})" for k, a in weights.items() if k not in own]
-    problems += [
-        f"{k!r}: model has shape {p.shape}, file has {tuple(weights[k].shape)}"
-        for k, p in own.items()
-        if k in weights and tuple(weights[k].shape) != p.shape
-    ]
-    if problems:
-        raise ValueError(
-            f"{who}: the weights do not fit the model ({len(problems)} problem(s)):\n  "
-            + "\n  ".join(problems)
-        )
-    for k, p in own.items():
-        p.data = B.asarray(weights[k], backend=p.backend).astype(p.dtype, copy=False)
-        p.grad = None

@@ -187,11 +187,12 @@ class Module:
         """{dotted name: array} of every parameter (the arrays themselves, not copies)."""
         return OrderedDict((n, p.data) for n, p in self.named_parameters())
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False) -> IncompatibleKeys:
         """Copy arrays (or Tensors) into the parameters, all or nothing.
 
         Any missing (strict), unexpected (strict) or mis-shaped key raises one StateDictError
-        that lists them all, and then no parameter has changed.
+        that lists them all, and then no parameter has changed. assign=True uses the given
+        arrays themselves where dtype and backend already match (no copy: for big loads).
         """
         own = dict(self.named_parameters())
         given = {k: (v.data if isinstance(v, Tensor) else v) for k, v in state_dict.items()}
@@ -212,7 +213,7 @@ class Module:
                 problems.append(f"{k!r}: expected shape {p.shape}, given {shape}")
                 continue
             try:
-                converted[k] = B.asarray(given[k], backend=p.backend).astype(p.dtype, copy=True)
+                converted[k] = B.asarray(given[k], backend=p.backend).astype(p.dtype, copy=not assign)
             except (TypeError, ValueError) as e:
                 problems.append(f"{k!r}: cannot convert to {p.dtype}: {e}")
         if problems:
