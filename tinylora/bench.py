@@ -112,6 +112,7 @@ def mlp_tinylora_step(problem: dict):
         for p in params:
             p.data -= LR * p.grad
 
+    step.trainable, step.optimizer = sum(p.size for p in params), None
     return step
 
 
@@ -295,7 +296,8 @@ def gpt_tinylora_step(problem: dict, lora_r: int | None = None, lr: float = 1e-3
         loss.backward()
         opt.step()
 
-    step.model, step.optimizer = model, opt
+    step.optimizer = opt
+    step.trainable = sum(p.size for p in model.parameters() if p.requires_grad)
     return step
 
 
@@ -362,3 +364,167 @@ def gpt_torch_step(problem: dict, lora_r: int | None = None, lr: float = 1e-3):
 
     step.forward = forward
     return step
+
+
+# ---- the `tinylora bench` command ----------------------------------------------------------------
+
+
+def _memory(make_step) -> dict:
+    """Optimizer state bytes and the peak bytes traced during one step (NumPy only)."""
+    import tracemalloc
+
+    step = make_step()
+    step()  # optimizer state now exists
+    opt = getattr(step, "optimizer", None)
+    out = {"optimizer_state_bytes": opt.state_bytes() if opt is not None else 0, "peak_step_bytes": None}
+    if B.get_backend() == "numpy":
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            step()
+            out["peak_step_bytes"] = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+    return out
+
+
+def run_bench(
+    backends=("numpy",),
+    widths=(128,),
+    steps: int = 20,
+    warmup: int = 3,
+    compare_torch: bool = False,
+    peers: bool = False,
+    lora_r: int = 8,
+    echo=print,
+) -> dict:
+    """Time MLP and GPT training steps (full and LoRA) on each backend; optionally PyTorch and peers."""
+    torch = torch_module() if compare_torch else None
+    if compare_torch and torch is None:
+        echo("(--compare-torch: PyTorch is not installed here; pip install torch to compare)")
+    results = []
+
+    def record(model, mode, backend, width, impl, make, with_memory=True):
+        step = make()
+        stats = time_steps(step, steps, warmup, sync=(torch_sync if impl == "pytorch" else None))
+        row = {
+            "model": model,
+            "mode": mode,
+            "backend": backend,
+            "width": width,
+            "impl": impl,
+            **stats,
+            "trainable_params": getattr(step, "trainable", None),
+        }
+        if impl == "tinylora" and with_memory:
+            row.update(_memory(make))
+        results.append(row)
+        echo(
+            f"  {model:<4} {mode:<5} w={width:<4} {impl:<9} {backend:<6} {stats['median_ms']:9.2f} ms "
+            f"(p10 {stats['p10_ms']:.2f}, p90 {stats['p90_ms']:.2f})"
+        )
+
+    for backend in backends:
+        with B.use_backend(backend):
+            if torch is not None and backend == "numpy":
+                torch.set_num_threads(B.blas_info()["threads"] or 1)
+            echo(f"[{backend}] {B.device_name()}")
+            mlp = mlp_problem()
+            record("mlp", "full", backend, MLP_SIZES[1], "tinylora", lambda: mlp_tinylora_step(mlp))
+            if backend == "numpy":
+                record("mlp", "full", backend, MLP_SIZES[1], "floor", lambda: mlp_floor_step(mlp))
+            if torch is not None:
+                record("mlp", "full", backend, MLP_SIZES[1], "pytorch", lambda: mlp_torch_step(mlp))
+            if peers and backend == "numpy":
+                for name, make in PEERS.items():
+                    try:
+                        record("mlp", "full", backend, MLP_SIZES[1], name, lambda make=make: make(mlp))
+                    except Exception as e:  # optional peers: report and go on
+                        echo(f"  ({name} skipped: {type(e).__name__}: {e})")
+            for width in widths:
+                gpt = gpt_problem(n_embd=width)
+                for mode, r in (("full", None), ("lora", lora_r)):
+                    record("gpt", mode, backend, width, "tinylora", lambda r=r: gpt_tinylora_step(gpt, r))
+                    if torch is not None:
+                        record("gpt", mode, backend, width, "pytorch", lambda r=r: gpt_torch_step(gpt, r))
+    return {
+        "machine": machine_info(torch),
+        "config": {
+            "steps": steps,
+            "warmup": warmup,
+            "lora_r": lora_r,
+            "mlp_sizes": list(MLP_SIZES),
+            "mlp_batch": MLP_BATCH,
+            "gpt": GPT_SHAPE,
+            "gpt_batch": GPT_BATCH,
+        },
+        "results": results,
+        "ratios": ratios(results),
+    }
+
+
+def ratios(results: list) -> list:
+    """tinylora / pytorch, tinylora / floor and LoRA / full, for rows measured in the same run."""
+    key = lambda r: (r["model"], r["mode"], r["backend"], r["width"])
+    by = {(key(r), r["impl"]): r["median_ms"] for r in results}
+    out = []
+    for (k, impl), ms in by.items():
+        if impl != "tinylora":
+            continue
+        for other in ("pytorch", "floor", "dezero", "mygrad"):
+            if (k, other) in by:
+                out.append(
+                    {
+                        "what": f"tinylora / {other}",
+                        "model": k[0],
+                        "mode": k[1],
+                        "backend": k[2],
+                        "width": k[3],
+                        "ratio": ms / by[(k, other)],
+                    }
+                )
+        if k[1] == "lora":
+            full = (("gpt", "full", k[2], k[3]), impl)
+            if full in by:
+                out.append(
+                    {
+                        "what": "LoRA / full (tinylora)",
+                        "model": k[0],
+                        "mode": "lora",
+                        "backend": k[2],
+                        "width": k[3],
+                        "ratio": ms / by[full],
+                    }
+                )
+                if ((k, "pytorch") in by) and (((full[0]), "pytorch") in by):
+                    out.append(
+                        {
+                            "what": "LoRA / full (pytorch)",
+                            "model": k[0],
+                            "mode": "lora",
+                            "backend": k[2],
+                            "width": k[3],
+                            "ratio": by[(k, "pytorch")] / by[(full[0], "pytorch")],
+                        }
+                    )
+    return out
+
+
+def machine_info(torch=None) -> dict:
+    """What the numbers were measured on."""
+    import platform
+
+    blas = B.blas_info()
+    info = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas["library"],
+        "blas_threads": blas["threads"],
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "cupy": B.versions()["cupy"],
+    }
+    if torch is not None:
+        info["torch"] = torch.__version__
+    return info

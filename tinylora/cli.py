@@ -30,12 +30,132 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _backends(text: str) -> list:
+    """Parse --backend numpy,cupy, refusing unknown names with the valid ones listed."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in B.BACKENDS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"invalid backend {', '.join(bad) or repr(text)}: choose from {', '.join(B.BACKENDS)} (comma-separated)"
+        )
+    return names
+
+
+def _ints(text: str) -> list:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 128,256, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def cmd_demo(args) -> int:
+    """Full fine-tuning vs LoRA on the shipped bases; writes a report folder."""
+    from .demo import run_demo
+
+    if len(args.backend) != 1:
+        raise SystemExit("tinylora demo: --backend takes one backend (numpy or cupy)")
+    run_demo(
+        out=args.out,
+        fast=args.fast,
+        seed=args.seed,
+        backend=args.backend[0],
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """Time training steps (MLP, GPT; full and LoRA) per backend, optionally against PyTorch."""
+    import json
+
+    from .bench import run_bench
+
+    quiet = (lambda *a, **k: None) if args.json else print
+    available = B.available_backends()
+    missing = [b for b in args.backend if b not in available]
+    if missing:
+        raise SystemExit(
+            f"tinylora bench: backend {', '.join(missing)} is not available here (available: {', '.join(available)}); "
+            f"for cupy: {B.INSTALL_HINT}"
+        )
+    report = run_bench(
+        backends=args.backend,
+        widths=args.width,
+        steps=args.steps,
+        warmup=args.warmup,
+        compare_torch=args.compare_torch,
+        peers=args.peers,
+        lora_r=args.lora_r,
+        echo=quiet,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\nratios (measured side by side in this run):")
+        for r in report["ratios"]:
+            print(
+                f"  {r['what']:<26} {r['model']:<4} {r['mode']:<5} w={r['width']:<4} {r['backend']:<6} {r['ratio']:.2f}"
+            )
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    """Train a shipped base again (writes tinylora/assets/ unless --out is given)."""
+    from .bases import pretrain
+
+    card = pretrain(args.name, directory=args.out, steps=args.steps, progress=not args.no_progress)
+    metrics = ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in card["metrics"].items()
+        if not isinstance(v, dict)
+    ) or ", ".join(f"{k} acc {v['accuracy']:.4f}" for k, v in card["metrics"].items())
+    print(f"{args.name}: {card['parameters']:,} parameters, {card['training_seconds']} s; {metrics}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinylora", description="LoRA from scratch on NumPy/CuPy.")
     parser.add_argument("--version", action="version", version=f"tinylora {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("info", help="versions, backends, BLAS threads")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="full fine-tuning vs LoRA on the shipped bases, with a report folder")
+    p.add_argument("--out", default="tinylora-demo", help="report folder (default: ./tinylora-demo/)")
+    p.add_argument("--fast", action="store_true", help="a few steps only (a smoke test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", type=_backends, default=["numpy"], help="numpy (default) or cupy")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="time training steps: MLP and GPT, full vs LoRA, per backend")
+    p.add_argument("--backend", type=_backends, default=["numpy"], help="comma-separated: numpy,cupy")
+    p.add_argument("--width", type=_ints, default=[128], help="GPT widths (n_embd), e.g. 128,256,512")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per configuration (after warm-up)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (on q_proj, v_proj)")
+    p.add_argument(
+        "--compare-torch", action="store_true", help="also time PyTorch (if installed) and print ratios"
+    )
+    p.add_argument(
+        "--peers", action="store_true", help="also time dezero and mygrad on the MLP (if installed)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("pretrain", help="train a shipped base again: digits or shakespeare")
+    p.add_argument("name", choices=["digits", "shakespeare"])
+    p.add_argument("--out", default=None, help="folder to write to (default: tinylora/assets/)")
+    p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
     return parser
 
 
@@ -50,6 +170,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (FileExistsError, FileNotFoundError, B.BackendUnavailableError, ImportError, ValueError) as e:
+        print(f"tinylora {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

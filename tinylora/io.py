@@ -38,10 +38,20 @@ def atomic_path(path, suffix: str = ""):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(
+            tmp, path.stat().st_mode & 0o777 if path.exists() else _default_mode()
+        )  # mkstemp made it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _default_mode() -> int:
+    """The permissions a plain open() would give a new file (0o666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_text_atomic(path, text: str) -> None:
