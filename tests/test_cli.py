@@ -1,0 +1,168 @@
+"""The `tinylora` command end to end: info, demo (--fast), bench (--json), pretrain, and refusals."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tinylora import bases, cli
+
+DEMO_FILES = {"results.md", "results.json", "samples.txt", "digits_loss.png", "shakespeare_loss.png"}
+
+
+def run(*args, env=None):
+    """Run the installed CLI in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "tinylora.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+        timeout=900,
+    )
+
+
+def test_info_prints_versions_and_backend():
+    out = run("info")
+    assert out.returncode == 0, out.stderr
+    for word in ("tinylora", "numpy", "backend", "BLAS"):
+        assert word in out.stdout
+
+
+def test_a_bad_backend_lists_the_valid_ones():
+    for command in ("demo", "bench"):
+        out = run(command, "--backend", "tpu")
+        assert out.returncode == 2
+        assert "invalid backend tpu: choose from numpy, cupy" in out.stderr
+
+
+@pytest.mark.skipif("cupy" in __import__("tinylora").available_backends(), reason="a GPU is present")
+def test_cupy_without_a_gpu_is_a_clear_error(tmp_path):
+    out = run("bench", "--backend", "numpy,cupy", "--steps", "1")
+    assert out.returncode != 0
+    assert "cupy is not available here" in out.stderr and "pip install" in out.stderr
+    demo = run("demo", "--fast", "--backend", "cupy", "--out", str(tmp_path / "r"), "--no-progress")
+    assert demo.returncode == 2 and "CuPy" in demo.stderr
+    assert not (tmp_path / "r").exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "report"
+    result = run("demo", "--fast", "--out", str(out), "--no-progress", "--seed", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_demo_fast_writes_a_complete_report(demo_report):
+    out, result = demo_report
+    assert DEMO_FILES <= {p.name for p in out.iterdir()}
+    data = json.loads((out / "results.json").read_text())
+    runs = data["runs"]
+    assert {r["task"] for r in runs} == {"digits", "shakespeare"}
+    assert {r["method"] for r in runs} >= {"full fine-tuning", "LoRA r=4", "LoRA r=16"}
+    full = next(r for r in runs if r["task"] == "shakespeare" and r["r"] is None)
+    lora16 = next(r for r in runs if r["task"] == "shakespeare" and r["r"] == 16)
+    assert lora16["trainable_params"] < full["trainable_params"] / 10
+    assert lora16["file_bytes"] < full["file_bytes"] / 10
+    assert lora16["optimizer_state_bytes"] == 2 * 4 * lora16["trainable_params"]
+    for r in runs:  # an adapter folder per LoRA run, with PEFT's two files
+        if r["r"] is not None:
+            folder = out / "adapters" / f"{r['task']}-lora-r{r['r']}"
+            assert {p.name for p in folder.iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert "trainable params" in result.stdout and "base + comedy adapter" in result.stdout
+    assert data["machine"]["seed"] == 3 and data["machine"]["fast"] is True
+    assert "| task |" in (out / "results.md").read_text()
+
+
+def test_demo_refuses_a_non_empty_folder_unless_forced(demo_report):
+    out, _ = demo_report
+    marker = out / "results.md"
+    before = marker.read_text()
+    refused = run("demo", "--fast", "--out", str(out), "--no-progress")
+    assert refused.returncode == 2 and "not empty" in refused.stderr and "--force" in refused.stderr
+    assert marker.read_text() == before  # untouched
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".report")]  # no temp folders left
+
+
+def test_demo_force_replaces_the_report_whole(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    from tinylora import demo
+
+    monkeypatch.setattr(demo, "FAST_STEPS", {"digits": 2, "shakespeare": 1})
+    monkeypatch.setattr(demo, "DIGITS_RUNS", [("LoRA r=1", 1)])
+    monkeypatch.setattr(demo, "SHAKESPEARE_RUNS", [("LoRA r=4", 4)])
+    demo.run_demo(out, fast=True, force=True, progress=False, echo=lambda *a: None)
+    names = {p.name for p in out.iterdir()}
+    assert "old.txt" not in names and "results.json" in names
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary or old folders left
+
+
+def test_a_failing_demo_leaves_no_half_written_report(tmp_path, monkeypatch):
+    from tinylora import demo
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("interrupted mid-run")
+
+    monkeypatch.setattr(demo, "_plot", boom)
+    monkeypatch.setattr(demo, "FAST_STEPS", {"digits": 2, "shakespeare": 1})
+    monkeypatch.setattr(demo, "DIGITS_RUNS", [("LoRA r=1", 1)])
+    monkeypatch.setattr(demo, "SHAKESPEARE_RUNS", [("LoRA r=4", 4)])
+    with pytest.raises(RuntimeError, match="interrupted"):
+        demo.run_demo(tmp_path / "report", fast=True, progress=False, echo=lambda *a: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+BENCH_ROW_FIELDS = {
+    "model",
+    "mode",
+    "backend",
+    "width",
+    "impl",
+    "median_ms",
+    "p10_ms",
+    "p90_ms",
+    "min_ms",
+    "steps",
+    "trainable_params",
+}
+
+
+def test_bench_json_has_the_documented_fields():
+    out = run("bench", "--json", "--steps", "2", "--warmup", "1", "--width", "32,64")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert set(report) == {"machine", "config", "results", "ratios"}
+    rows = report["results"]
+    assert all(BENCH_ROW_FIELDS <= set(r) for r in rows)
+    gpt = [r for r in rows if r["model"] == "gpt" and r["impl"] == "tinylora"]
+    assert {(r["mode"], r["width"]) for r in gpt} == {("full", 32), ("lora", 32), ("full", 64), ("lora", 64)}
+    for r in gpt:
+        assert r["optimizer_state_bytes"] == 2 * 4 * r["trainable_params"]  # AdamW moments, float32
+        assert r["peak_step_bytes"] > 0
+    lora32 = next(r for r in gpt if r["mode"] == "lora" and r["width"] == 32)
+    assert lora32["trainable_params"] == 4 * 2 * 8 * (32 + 32)  # 4 layers, q and v, r = 8
+    assert any(r["impl"] == "floor" for r in rows)
+    assert any(r["what"] == "LoRA / full (tinylora)" for r in report["ratios"])
+    assert all(r["median_ms"] > 0 for r in rows)
+
+
+def test_bench_table_prints_ratios():
+    out = run("bench", "--steps", "1", "--warmup", "0", "--width", "32")
+    assert out.returncode == 0, out.stderr
+    assert "tinylora / floor" in out.stdout and "LoRA / full (tinylora)" in out.stdout
+
+
+def test_pretrain_digits_into_a_folder_reproduces_a_loadable_base(tmp_path):
+    out = run("pretrain", "digits", "--out", str(tmp_path), "--steps", "50", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    base = bases.load_base("digits", tmp_path)
+    assert base.card["recipe"]["steps"] == 50 and base.card["metrics"]["test"]["accuracy"] > 0.5
+
+
+def test_parser_rejects_bad_widths():
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["bench", "--width", "0"])
