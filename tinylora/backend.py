@@ -140,8 +140,12 @@ def module_of_name(name: str):
 
 def scatter_add(target, indices, values) -> None:
     """target[indices] += values, adding repeated indices up (np.add.at / cupyx.scatter_add)."""
-    if not isinstance(target, numpy.ndarray):
-        importlib.import_module("cupyx").scatter_add(target, indices, values)
+    if not isinstance(target, numpy.ndarray):  # CuPy: add.at where it exists (CuPy 13+), else cupyx
+        add_at = getattr(module_of(target).add, "at", None)
+        if add_at is not None:
+            add_at(target, indices, values)
+        else:
+            importlib.import_module("cupyx").scatter_add(target, indices, values)
     elif getattr(indices, "ndim", 0) == 1 and indices.dtype.kind in "iu" and values.ndim == target.ndim:
         # whole rows: sort the ids, sum each run of equal ids, add once per row (np.add.at is ~8x slower)
         if indices.size == 0:
