@@ -17,7 +17,16 @@ def test_card_describes_the_file(name):
     card = json.loads(card_path.read_text())
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == card["sha256"]
     assert weights.stat().st_size == card["file_bytes"] < 15 * 2**20
-    for key in ("config", "data", "recipe", "metrics", "parameters", "training_seconds", "machine", "command"):
+    for key in (
+        "config",
+        "data",
+        "recipe",
+        "metrics",
+        "parameters",
+        "training_seconds",
+        "machine",
+        "command",
+    ):
         assert key in card, key
     base = bases.load_base(name)
     assert sum(p.size for p in base.model.parameters()) == card["parameters"]
@@ -42,7 +51,9 @@ def test_shakespeare_base_reproduces_its_held_out_loss_and_beats_unigram():
     r = card["recipe"]
     data = load_shakespeare(tuple(r["genres"]), tokenizer=base.tokenizer)
     assert len(data.val) == card["data"]["val_chars"]
-    val = evaluate_lm(base.model, data.val, cfg.block_size, batch_size=r["batch_size"], batches=r["eval_batches"])
+    val = evaluate_lm(
+        base.model, data.val, cfg.block_size, batch_size=r["batch_size"], batches=r["eval_batches"]
+    )
     assert val["loss"] == pytest.approx(card["metrics"]["val_loss"], rel=1e-4)
     assert val["loss"] < card["metrics"]["unigram_val_loss"] - 1.0  # clearly below a unigram model
     assert "comedies" not in card["data"]["genres"] and card["data"]["held_out_genre"] == "comedies"
@@ -63,7 +74,10 @@ def test_shakespeare_base_writes_play_like_text():
 def test_the_tokenizer_is_saved_with_the_model():
     base = bases.load_base("shakespeare")
     assert base.tokenizer.vocab_size == base.model.config.vocab_size
-    assert base.tokenizer.decode(base.tokenizer.encode("ROMEO:\nO, she doth teach")) == "ROMEO:\nO, she doth teach"
+    assert (
+        base.tokenizer.decode(base.tokenizer.encode("ROMEO:\nO, she doth teach"))
+        == "ROMEO:\nO, she doth teach"
+    )
 
 
 def test_a_tampered_base_is_refused(tmp_path):

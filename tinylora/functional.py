@@ -266,7 +266,7 @@ def log_softmax(x, axis: int = -1) -> Tensor:
     return Tensor._node(out, "log_softmax", (x,), backward)
 
 
-def _targets(targets, shape: tuple, n_classes: int, ignore_index, op: str):
+def _targets(targets, shape: tuple, n_classes: int, ignore_index, op: str, backend: str = "numpy"):
     """Validated integer class ids as a backend array of `shape`."""
     t = targets.data if isinstance(targets, Tensor) else targets
     if isinstance(t, (list, tuple, int)):
@@ -279,7 +279,7 @@ def _targets(targets, shape: tuple, n_classes: int, ignore_index, op: str):
             f"{op}: targets have shape {tuple(t.shape)} but logits need {tuple(shape)} "
             f"(logits shape {tuple(shape) + (n_classes,)})"
         )
-    flat = t.reshape(-1)
+    flat = B.asarray(t.reshape(-1), backend=backend)  # targets live where the logits do
     valid = flat if ignore_index is None else flat[flat != ignore_index]
     if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= n_classes):
         host = B.to_numpy(flat)
@@ -301,7 +301,7 @@ def cross_entropy(logits, targets, ignore_index: int | None = None) -> Tensor:
     if logits.ndim < 1:
         raise ValueError("cross_entropy: logits need a class axis; got a scalar")
     n_classes = logits.shape[-1]
-    t = _targets(targets, logits.shape[:-1], n_classes, ignore_index, "cross_entropy")
+    t = _targets(targets, logits.shape[:-1], n_classes, ignore_index, "cross_entropy", logits.backend)
     xp = _xp(logits)
     z = _flat_rows(logits.data, n_classes)  # (N, C)
     rows = xp.arange(z.shape[0])

@@ -694,7 +694,7 @@ def cat(tensors, axis: int = 0) -> Tensor:
         raise ValueError(
             f"cat: shapes {[t.shape for t in ts]} do not match except along axis {axis}"
         ) from None
-    ends = np.cumsum([t.shape[axis] for t in ts])[:-1]
+    ends = [int(e) for e in np.cumsum([t.shape[axis] for t in ts])[:-1]]
     return Tensor._node(out, "cat", tuple(ts), lambda g: tuple(xp.split(g, ends, axis=axis)))
 
 
