@@ -569,3 +569,12 @@ def test_structural_fingerprint_differences_are_listed_first(tmp_path):
         lora.load_adapter(other, tmp_path)
     lines = str(info.value).splitlines()[1:]
     assert "has no parameter" in lines[0]
+
+
+def test_saving_the_same_adapter_twice_gives_identical_bytes(tmp_path):
+    model = lora.apply_lora(tiny_gpt(), LoRAConfig(r=2, alpha=4))
+    first = lora.save_adapter(model, tmp_path / "a")
+    second = lora.save_adapter(model, tmp_path / "b")
+    assert first["weights_bytes"] == second["weights_bytes"]
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

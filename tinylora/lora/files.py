@@ -116,7 +116,7 @@ def save_adapter(model: Module, directory, adapter_name: str | None = None) -> d
     # both are complete: a failure part-way leaves an existing adapter loadable
     weights_tmp = atomic_path(weights_path, suffix=".safetensors")
     with weights_tmp as wtmp, atomic_path(directory / CONFIG_NAME) as ctmp:
-        save_weights(tensors, wtmp, metadata={"format": "pt", "adapter_name": name})
+        save_weights(tensors, wtmp, metadata={"format": "pt"})
         meta = dict(
             config.to_dict(),
             peft_type="LORA",

@@ -118,10 +118,10 @@ def add_adapter(model: Module, name: str, config: LoRAConfig) -> Module:
     return model
 
 
-def adapter_names(model: Module) -> list:
+def adapter_names(model: Module, layers: list | None = None) -> list:
     """Names of all adapters in the model, in the order they were added."""
     names = []
-    for _, layer in lora_layers(model):
+    for _, layer in lora_layers(model) if layers is None else layers:
         names += [n for n in layer.adapters if n not in names]
     return names
 
@@ -134,25 +134,25 @@ def active_adapter(model: Module):
 
 def set_adapter(model: Module, name: str) -> Module:
     """Make `name` the active adapter in every layer that has it; only it will train."""
-    names = adapter_names(model)
+    layers = lora_layers(model)  # one walk of the module tree: swapping is meant to be cheap
+    names = adapter_names(model, layers)
     if name not in names:
         raise KeyError(f"no adapter named {name!r}; the model has: {', '.join(names) or 'none'}")
-    merged = [(n, layer.merged) for n, layer in lora_layers(model) if layer.merged and layer.merged != name]
+    merged = [layer.merged for _, layer in layers if layer.merged and layer.merged != name]
     if merged:
-        raise RuntimeError(
-            f"adapter {merged[0][1]!r} is merged; call lora.unmerge_lora(model) before switching"
-        )
-    for _, layer in lora_layers(model):
+        raise RuntimeError(f"adapter {merged[0]!r} is merged; call lora.unmerge_lora(model) before switching")
+    for _, layer in layers:
         layer.set_adapter(name if name in layer.adapters else None)
-    _freeze_inactive(model)
+    _freeze_inactive(model, layers)
     return model
 
 
-def _freeze_inactive(model: Module) -> None:
+def _freeze_inactive(model: Module, layers: list | None = None) -> None:
     """Adapters other than the active one never train (nor hold optimizer state)."""
-    for _, layer in lora_layers(model):
+    for _, layer in lora_layers(model) if layers is None else layers:
         for n, ad in layer.adapters.items():
-            ad.requires_grad_(n == layer.active)
+            flag = n == layer.active
+            ad.lora_A.requires_grad = ad.lora_B.requires_grad = flag
 
 
 def delete_adapter(model: Module, name: str) -> Module:
