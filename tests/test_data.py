@@ -304,9 +304,23 @@ def test_load_shakespeare():
     data = load_shakespeare("comedies")
     text = load_text("comedies")
     assert data.genres == ("comedies",) and data.tokenizer == corpus_tokenizer()
-    assert len(data.train) + len(data.val) == len(text)
-    assert abs(len(data.val) - 0.1 * len(text)) <= 1
+    assert len(data.train) + len(data.val) == len(text) + 1  # plays joined by a newline, one after the last
+    assert abs(len(data.val) - 0.1 * len(text)) <= len(list_plays("comedies"))  # rounding per play
     assert data.tokenizer.decode(data.train[:40]) == text[:40]
-    assert data.tokenizer.decode(data.val[-40:]) == text[-40:]
+    assert data.tokenizer.decode(data.val[-41:-1]) == text[-40:]
+
+
+def test_every_play_keeps_its_own_validation_tail():
+    tok = corpus_tokenizer()
+    data = load_shakespeare(("histories", "tragedies"), tokenizer=tok)
+    train_text, val_text = tok.decode(data.train), tok.decode(data.val)
+    for genre in ("histories", "tragedies"):
+        for play in list_plays(genre):
+            text = load_play(play) + "\n"
+            tail = text[-int(round(0.1 * len(text))) :]
+            assert tail in val_text and tail[:200] not in train_text  # each play's end is held out
+    # a model trained on some genres never sees another split's validation text
+    alone = load_shakespeare("histories", tokenizer=tok)
+    assert tok.decode(alone.val) in val_text
     with pytest.raises(ValueError, match="not in the vocabulary"):
         load_shakespeare("comedies", tokenizer=CharTokenizer.from_text("abc"))

