@@ -970,3 +970,14 @@ def test_a_failed_direct_lora_linear_leaves_its_base_trainable():
     with pytest.raises(ValueError, match="identifiers"):
         LoRALinear(base, r=2, adapter_name="not-valid")
     assert base.weight.requires_grad and base.bias.requires_grad
+
+
+def test_layer_delta_is_the_active_adapters_scaled_product():
+    model = two_adapters()
+    layer = lora.lora_layers(model)[0][1]
+    for name in ("default", "second"):
+        lora.set_adapter(model, name)
+        ad = layer.adapters[name]
+        np.testing.assert_allclose(
+            layer.delta(), ad.scaling * ad.lora_B.numpy() @ ad.lora_A.numpy(), rtol=1e-6
+        )

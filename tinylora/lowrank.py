@@ -126,7 +126,11 @@ def _right_vectors(fn: str, A1, A2):
 
 
 def subspace_similarity(A1, A2, i: int, j: int) -> float:
-    """LoRA paper (Hu et al. 2021, sec. 7): overlap in [0, 1] of A1's top-i and A2's top-j row spaces."""
+    """LoRA paper (Hu et al. 2021, sec. 7): overlap in [0, 1] of A1's top-i and A2's top-j row spaces.
+
+    "Top" follows the singular values: if they are all equal (A with orthonormal rows) the order
+    of the directions is arbitrary, and only i, j = min(A.shape) are meaningful.
+    """
     fn = "subspace_similarity"
     Vt1, Vt2, shape1, shape2 = _right_vectors(fn, A1, A2)
     i = _count(fn, "i", i, "A1", shape1)
@@ -167,7 +171,11 @@ def lora_from_delta(delta, r: int):
 
 
 def amplification(delta, W, r: int) -> float:
-    """LoRA paper (sec. 7.3) amplification factor ||delta||_F / ||U_r^T W Vt_r^T||_F (inf if that is 0)."""
+    """LoRA paper (sec. 7.3) amplification factor ||delta||_F / ||U_r^T W Vt_r^T||_F (inf if that is 0).
+
+    The factor scales with the size of delta: compare deltas of similar norm, or compare the
+    projection norms themselves.
+    """
     fn = "amplification"
     D, _ = _matrix(fn, delta, "delta")
     W, _ = _matrix(fn, W, "W")

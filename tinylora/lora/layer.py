@@ -99,6 +99,10 @@ class LoRALinear(Module):
     scaling = property(lambda self: self._adapter().scaling, doc="alpha / r of the active adapter.")
     r = property(lambda self: self._adapter().r, doc="Rank of the active adapter.")
 
+    def delta(self):
+        """scaling * B @ A of the active adapter: the (out, in) change it makes to the weight."""
+        return self._adapter().delta()
+
     # ---- adapters ---------------------------------------------------------------------------
 
     def add_adapter(self, name: str, config: LoRAConfig) -> Adapter:

@@ -1,0 +1,465 @@
+# %% [markdown]
+# # 08 · What full fine-tuning changes
+#
+# We fine-tune the shipped Shakespeare base (trained on every genre except the comedies) on the
+# comedies twice from the same starting point, with the same data, steps and seed: once fully
+# (every weight moves) and once with LoRA on `q_proj` and `v_proj` at r = 1 ... 64. Then we
+# look inside the full fine-tuning: the singular values of each weight change ΔW = W_after −
+# W_before, how much of it the best rank-r approximation keeps, how good the model stays when
+# the deltas are cut down to rank r (against a LoRA trained at that rank), and how
+# much the subspaces that LoRA learns agree across ranks and seeds (Hu et al. 2021, section 7),
+# always against a random baseline. The prose is in
+# [chapter 08](../chapters/08-what-full-fine-tuning-changes.md).
+
+# %%
+import os
+FAST = os.environ.get("TINYLORA_FAST") == "1"
+print("TINYLORA_FAST =", int(FAST), "(smoke test)" if FAST else "(full run)")
+
+# %%
+# no output: imports, seeds and the settings of every run
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import tinylora as tl
+from tinylora import lora, lowrank, optim
+from tinylora.bases import load_base
+from tinylora.data import WindowSampler, load_shakespeare
+from tinylora.train import evaluate_lm, train
+
+np.set_printoptions(precision=4, suppress=True, linewidth=110)
+SEED = 0
+tl.manual_seed(SEED)
+rng = np.random.default_rng(SEED)
+
+STEPS = 3 if FAST else 400             # optimizer steps of every fine-tuning run
+BLOCK, BATCH = 64, 16                  # windows of 64 characters, 16 windows per step
+WARMUP = 0 if FAST else 20             # linear warm-up, then cosine decay to 10% of the lr
+LR_FULL = 3e-4                         # AdamW, every parameter trainable
+LR_LORA = 5e-3                         # AdamW, only A and B trainable
+WEIGHT_DECAY = 0.0                     # no decay: dW is then only what the gradients did
+RANKS = [1, 8] if FAST else [1, 2, 4, 8, 16, 32, 64]
+R_SMALL, R_BIG = 8, RANKS[-1]          # the ranks compared in the subspace section
+TARGETS = ("q_proj", "v_proj")         # LoRA targets (and the deltas we truncate to match)
+EVAL_BATCHES = 1 if FAST else 8        # evaluate_lm: 8 batches of 32 fixed random windows
+RANDOM_DRAWS = 5 if FAST else 200      # random matrices averaged for each baseline
+
+# %% [markdown]
+# ## 1. The base, the new task and the yardsticks
+#
+# `load_base("shakespeare")` is a 4-layer character GPT (width 128, 4 heads) trained on the
+# histories, tragedies, problem plays, Roman plays and romances. The comedies are new to it.
+# Every loss below is `evaluate_lm` on the same fixed windows of the comedies' validation split.
+
+# %%
+base = load_base("shakespeare")
+tok = base.tokenizer
+card = base.card
+comedies = load_shakespeare(("comedies",), tokenizer=tok)
+print(comedies)
+print("base:", card["config"], "|", card["parameters"], "parameters")
+print(f"base card: val loss on its own genres {card['metrics']['val_loss']:.4f}, "
+      f"comedies loss {card['metrics']['comedies_loss']:.4f}")
+
+
+def comedy_loss(model):
+    """Mean next-character cross-entropy on fixed windows of the comedies' validation text."""
+    model.eval()
+    return evaluate_lm(model, comedies.val, BLOCK, batch_size=32, batches=EVAL_BATCHES)["loss"]
+
+
+LINEAR = [f"blocks.{i}.{part}" for i in range(card["config"]["n_layer"])
+          for part in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.up_proj", "mlp.down_proj")]
+ADAPTED = [n for n in LINEAR if n.endswith(TARGETS)]
+W0 = {n: base.model.get_submodule(n).weight.data.astype(np.float64) for n in LINEAR}
+base_loss = comedy_loss(base.model)
+print(f"base model, held-out comedy loss: {base_loss:.4f}")
+print(f"{len(LINEAR)} linear projections, {len(ADAPTED)} of them adapted by LoRA: {', '.join(ADAPTED)}")
+
+# %% [markdown]
+# ## 2. Two ways to fine-tune, on the same data
+#
+# Both runs see exactly the same batches (a `WindowSampler` with the same seed), take the same
+# number of AdamW steps with the same schedule and gradient clipping, and have no weight decay,
+# so that a weight change is only what the gradients asked for. Full fine-tuning trains all
+# parameters at lr 3e-4; LoRA freezes the base and trains A and B on q_proj and v_proj at
+# lr 5e-3 with alpha = 2r, so the scaling alpha/r is 2 at every rank.
+
+# %%
+def finetune(model, lr, seed=SEED, desc="train"):
+    """AdamW + warm-up/cosine schedule + clipping on comedy windows; returns (seconds, history)."""
+    opt = optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+    schedule = optim.CosineSchedule(opt, STEPS, warmup_steps=WARMUP, min_ratio=0.1)
+    sampler = WindowSampler(comedies.train, BLOCK, BATCH, seed=seed)
+    t0 = time.perf_counter()
+    history = train(model, opt, sampler.sample, STEPS, eval_every=STEPS, schedule=schedule,
+                    clip_norm=1.0, seed=seed, progress=False, desc=desc)
+    return time.perf_counter() - t0, history
+
+
+full = load_base("shakespeare").model
+seconds, hist = finetune(full, LR_FULL, desc="full")
+full_loss = comedy_loss(full)
+n_full = sum(p.size for p in full.parameters())
+print(f"full fine-tuning: {STEPS} steps in {seconds:.0f} s, {n_full:,} trainable parameters")
+print(f"  held-out comedy loss: base {base_loss:.4f} -> full fine-tuning {full_loss:.4f}")
+
+dW = {n: full.get_submodule(n).weight.data.astype(np.float64) - W0[n] for n in LINEAR}
+
+# %%
+lora_runs = {}  # (r, seed) -> dict(loss, A, delta, seconds, trainable)
+
+
+def train_lora(r, seed):
+    model = load_base("shakespeare").model
+    tl.manual_seed(seed)  # A's random init
+    lora.apply_lora(model, lora.LoRAConfig(r=r, alpha=2 * r, target_modules=TARGETS))
+    trainable = lora.count_parameters(model)["trainable"]
+    layers = dict(lora.lora_layers(model))
+    A0 = {n: layers[n].lora_A.data.astype(np.float64) for n in ADAPTED}  # before training
+    seconds, _ = finetune(model, LR_LORA, seed=seed, desc=f"lora r={r}")
+    moved = np.mean([np.linalg.norm(layers[n].lora_A.data - A0[n]) / np.linalg.norm(A0[n]) for n in ADAPTED])
+    return dict(loss=comedy_loss(model), seconds=seconds, trainable=trainable, moved=moved,
+                A={n: layers[n].lora_A.data.astype(np.float64) for n in ADAPTED},
+                delta={n: layers[n].adapters[layers[n].active].delta().astype(np.float64) for n in ADAPTED})
+
+
+print(f"{'run':>16} {'trainable':>10} {'seconds':>8} {'comedy loss':>12} {'|A - A0| / |A0|':>16}")
+for r in RANKS:
+    lora_runs[r, SEED] = run = train_lora(r, SEED)
+    print(f"{f'LoRA r={r}':>16} {run['trainable']:>10,} {run['seconds']:>8.0f} {run['loss']:>12.4f} {run['moved']:>16.2f}")
+lora_runs[R_SMALL, SEED + 1] = run = train_lora(R_SMALL, SEED + 1)
+print(f"{f'LoRA r={R_SMALL} seed {SEED + 1}':>16} {run['trainable']:>10,} {run['seconds']:>8.0f} {run['loss']:>12.4f} "
+      f"{run['moved']:>16.2f}")
+print(f"{'full FT':>16} {n_full:>10,} {seconds:>8.0f} {full_loss:>12.4f}")
+print("(|A - A0| / |A0|: how far training moved A from its random start, mean over the adapted matrices)")
+
+# %% [markdown]
+# ## 3. The spectrum of each full fine-tuning change
+#
+# For every attention and MLP projection of every block, ΔW = W_after − W_before. Its SVD
+# ΔW = Σ s_i u_i v_iᵀ says how many directions the change uses. To read the numbers we need a
+# yardstick: a Gaussian random matrix of the same shape, which has no preferred direction at
+# all. Columns: the size of the change relative to W, the effective rank (exp of the entropy of
+# s / Σs; 128 would mean perfectly flat), and the energy Σ_{i≤r} s_i² / Σ s_i² kept at r = 1, 4,
+# 8 and 16.
+
+# %%
+def gaussian(shape):
+    return rng.standard_normal(shape)
+
+
+shapes = sorted({dW[n].shape for n in LINEAR})
+random_energy = {sh: np.mean([lowrank.energy_curve(gaussian(sh)) for _ in range(RANDOM_DRAWS)], axis=0)
+                 for sh in shapes}
+random_erank = {sh: np.mean([lowrank.effective_rank(gaussian(sh)) for _ in range(RANDOM_DRAWS)]) for sh in shapes}
+
+print(f"{'matrix':>22} {'shape':>10} {'|dW|/|W|':>9} {'eff.rank':>9} "
+      f"{'E(r=1)':>7} {'E(r=4)':>7} {'E(r=8)':>7} {'E(r=16)':>8}")
+spectrum = {}
+for n in LINEAR:
+    d = dW[n]
+    curve = lowrank.energy_curve(d)
+    spectrum[n] = dict(rel=np.linalg.norm(d) / np.linalg.norm(W0[n]), erank=lowrank.effective_rank(d),
+                       curve=curve, s=lowrank.singular_values(d))
+    e = spectrum[n]
+    print(f"{n:>22} {str(d.shape):>10} {e['rel']:>9.4f} {e['erank']:>9.1f} "
+          f"{curve[0]:>7.1%} {curve[3]:>7.1%} {curve[7]:>7.1%} {curve[15]:>8.1%}")
+for sh in shapes:
+    c = random_energy[sh]
+    print(f"{'random Gaussian':>22} {str(sh):>10} {'':>9} {random_erank[sh]:>9.1f} "
+          f"{c[0]:>7.1%} {c[3]:>7.1%} {c[7]:>7.1%} {c[15]:>8.1%}")
+
+# %% [markdown]
+# The same table in groups: the mean over the four blocks for each kind of projection.
+
+# %%
+kinds = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+print(f"{'projection':>10} {'eff.rank':>9} {'E(r=1)':>7} {'E(r=4)':>7} {'E(r=8)':>7} {'E(r=16)':>8} {'|dW|/|W|':>9}")
+for kind in kinds:
+    names = [n for n in LINEAR if n.endswith(kind)]
+    er = np.mean([spectrum[n]["erank"] for n in names])
+    c = np.mean([spectrum[n]["curve"][:16] for n in names], axis=0)
+    rel = np.mean([spectrum[n]["rel"] for n in names])
+    print(f"{kind:>10} {er:>9.1f} {c[0]:>7.1%} {c[3]:>7.1%} {c[7]:>7.1%} {c[15]:>8.1%} {rel:>9.4f}")
+all_er = [spectrum[n]["erank"] for n in LINEAR]
+all_e8 = [spectrum[n]["curve"][7] for n in LINEAR]
+print(f"\nall {len(LINEAR)} deltas: effective rank from {min(all_er):.1f} to {max(all_er):.1f} "
+      f"(random 128 x 128: {random_erank[(128, 128)]:.1f}); energy at r = 8 from {min(all_e8):.1%} "
+      f"to {max(all_e8):.1%} (random 128 x 128: {random_energy[(128, 128)][7]:.1%})")
+
+# %%
+last = card["config"]["n_layer"] - 1
+shown = [f"blocks.0.attn.q_proj", f"blocks.{last}.attn.v_proj", "blocks.1.mlp.up_proj", f"blocks.{last}.mlp.down_proj"]
+fig, axes = plt.subplots(1, len(shown), figsize=(15, 3.4), sharey=True)
+for ax, n in zip(axes, shown):
+    s = spectrum[n]["s"]
+    g = np.mean([lowrank.singular_values(gaussian(dW[n].shape)) for _ in range(RANDOM_DRAWS // 10 + 1)], axis=0)
+    g *= np.linalg.norm(s) / np.linalg.norm(g)  # the same Frobenius norm as dW
+    ax.semilogy(np.arange(1, len(s) + 1), s / s[0], label="full FT ΔW")
+    ax.semilogy(np.arange(1, len(g) + 1), g / s[0], ls="--", color="gray", label="random, same norm")
+    ax.set(title=n, xlabel="index i")
+axes[0].set_ylabel("s_i / s_1 (log scale)")
+axes[0].legend()
+fig.suptitle("Singular values of full fine-tuning weight changes (comedies), with a random matrix of the same norm")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 4. Energy kept by the best rank-r approximation
+#
+# By Eckart-Young the truncated SVD keeps the largest possible fraction of ‖ΔW‖²_F at every
+# rank, so these curves are the best any rank-r factorisation can do. Every one of the 24
+# deltas, coloured by kind, and the random baselines (dashed).
+
+# %%
+colors = dict(zip(kinds, plt.cm.tab10.colors))
+fig, ax = plt.subplots(figsize=(8, 4.6))
+rs = np.arange(1, 65)
+for n in LINEAR:
+    kind = n.split(".")[-1]
+    ax.plot(rs, spectrum[n]["curve"][:64], color=colors[kind], lw=1,
+            label=kind if n.startswith("blocks.0.") else None)
+for sh, ls in [((128, 128), "--"), ((128, 512), ":")]:
+    ax.plot(rs, random_energy[sh][:64], color="black", ls=ls, lw=1.5,
+            label=f"random {sh[0]} x {sh[1]} (or transposed)" if sh[0] != sh[1] else "random 128 x 128")
+ax.set(title="Energy kept by the best rank-r approximation of each full FT ΔW",
+       xlabel="rank r", ylabel="sum(s[:r]^2) / sum(s^2)", ylim=(0, 1.02), xlim=(1, 64))
+ax.legend(fontsize=8, ncol=2)
+plt.tight_layout()
+plt.show()
+for r in (1, 4, 8, 16, 32, 64):
+    e = [spectrum[n]["curve"][r - 1] for n in LINEAR]
+    print(f"r = {r:>2}: energy kept, mean over the {len(LINEAR)} deltas {np.mean(e):.1%} "
+          f"(min {min(e):.1%}, max {max(e):.1%}); random 128 x 128 {random_energy[(128, 128)][r - 1]:.1%}")
+
+# %% [markdown]
+# ## 5. Cut full fine-tuning down to rank r, or train LoRA at rank r?
+#
+# Energy is about the matrix; what matters is the model. Three ways to use rank r:
+#
+# - **truncated full FT (q, v)**: start from the base and add `low_rank_approx(ΔW, r)` to the
+#   weights of q_proj and v_proj only (the matrices LoRA adapts); everything else stays the base.
+#   This is the best rank-r copy, in Frobenius norm, of what full fine-tuning did to those
+#   matrices, the same as a LoRA whose B and A come from `lora_from_delta(ΔW, r)`.
+# - **truncated full FT (all linear, rest kept)**: the fully fine-tuned model with all 24
+#   projection deltas cut to rank r; embeddings, LayerNorms and biases keep their fine-tuned values.
+# - **LoRA at r**: the LoRA runs of section 2, trained at rank r on q_proj and v_proj.
+#
+# And reference lines: the base; full fine-tuning (every parameter); the base with the
+# *untruncated* q and v deltas of full fine-tuning, the most that copying full fine-tuning into
+# those two kinds of matrix can give; and full fine-tuning with all 24 projection deltas removed
+# (r = 0: only embeddings, LayerNorms and biases changed), where the third curve starts from.
+# The last column is the share of full fine-tuning's gain, (base − loss) / (base − full FT).
+
+# %%
+def with_weights(model, weights):
+    """Set the named projections' weights (float32 on the model) and return the model."""
+    for n, w in weights.items():
+        p = model.get_submodule(n).weight
+        p.data = w.astype(p.data.dtype)
+    return model
+
+
+qv_only = with_weights(load_base("shakespeare").model, {n: W0[n] + dW[n] for n in ADAPTED})
+qv_full_loss = comedy_loss(qv_only)
+B_, A_ = lowrank.lora_from_delta(dW[ADAPTED[0]], 4)
+assert np.allclose(B_ @ A_, lowrank.low_rank_approx(dW[ADAPTED[0]], 4))  # the same rank-r matrix
+
+no_linear_loss = comedy_loss(with_weights(full, {n: W0[n] for n in LINEAR}))
+trunc_qv, trunc_all = {}, {}
+for r in RANKS:
+    m = with_weights(load_base("shakespeare").model,
+                     {n: W0[n] + lowrank.low_rank_approx(dW[n], r) for n in ADAPTED})
+    trunc_qv[r] = comedy_loss(m)
+    m = with_weights(full, {n: W0[n] + lowrank.low_rank_approx(dW[n], r) for n in LINEAR})
+    trunc_all[r] = comedy_loss(m)
+with_weights(full, {n: W0[n] + dW[n] for n in LINEAR})  # put full fine-tuning back
+
+def gain(loss):
+    return (base_loss - loss) / (base_loss - full_loss)
+
+
+print(f"base: {base_loss:.4f} | full fine-tuning (all parameters): {full_loss:.4f}")
+print(f"base + untruncated q,v deltas of full FT: {qv_full_loss:.4f} ({gain(qv_full_loss):.1%} of full FT's gain)")
+print(f"full FT with every linear delta removed (r = 0): {no_linear_loss:.4f} ({gain(no_linear_loss):.1%} of the gain)")
+print(f"{'r':>3} {'LoRA at r':>10} {'(gain)':>7} {'full FT q,v cut to r':>21} {'(gain)':>7} "
+      f"{'full FT, all linear cut to r':>29} {'(gain)':>7}")
+for r in RANKS:
+    a, b, c = lora_runs[r, SEED]["loss"], trunc_qv[r], trunc_all[r]
+    print(f"{r:>3} {a:>10.4f} {gain(a):>7.1%} {b:>21.4f} {gain(b):>7.1%} {c:>29.4f} {gain(c):>7.1%}")
+
+# %%
+fig, ax = plt.subplots(figsize=(11, 4.6))
+ax.plot(RANKS, [lora_runs[r, SEED]["loss"] for r in RANKS], "o-", label="LoRA trained at rank r (q, v)")
+ax.plot(RANKS, [trunc_qv[r] for r in RANKS], "s-", label="full FT's q, v deltas cut to rank r (rest = base)")
+ax.plot(RANKS, [trunc_all[r] for r in RANKS], "^-", label="full FT, all 24 deltas cut to rank r (rest kept)")
+ax.axhline(base_loss, color="gray", ls="--", label=f"base ({base_loss:.3f})")
+ax.axhline(full_loss, color="black", ls="--", label=f"full fine-tuning ({full_loss:.3f})")
+ax.axhline(qv_full_loss, color="tab:orange", ls=":", label=f"base + full FT's q, v deltas ({qv_full_loss:.3f})")
+ax.axhline(no_linear_loss, color="tab:green", ls=":", label=f"full FT, all 24 deltas removed ({no_linear_loss:.3f})")
+ax.set_xscale("log", base=2)
+ax.set_xticks(RANKS, [str(r) for r in RANKS])
+ax.set(title="Held-out comedy loss at rank r: truncated full fine-tuning vs LoRA", xlabel="rank r",
+       ylabel="cross-entropy (nats per character)")
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 6. Subspace similarity across ranks and seeds
+#
+# Hu et al. (2021, section 7) compare the subspaces that two adapters' A matrices span. With
+# U_i the top-i right-singular vectors of A_1 (as columns) and U_j the top-j of A_2,
+#
+#     φ(A_1, A_2, i, j) = ‖U_iᵀ U_j‖²_F / min(i, j)   in [0, 1]
+#
+# (`lowrank.subspace_similarity`; `subspace_similarity_matrix` gives every i, j at once).
+# φ = 1 when one subspace contains the other, 0 when they are orthogonal. For *random*
+# subspaces of R^d the expected value is max(i, j) / d, so the baseline rises with j: two
+# random subspaces of dimensions 1 and 64 in R^128 already overlap by 0.5 on average. The
+# baseline below is measured: the same φ on Gaussian random matrices of the same shapes.
+
+# %%
+def random_phi(shape1, shape2):
+    return np.mean([lowrank.subspace_similarity_matrix(gaussian(shape1), gaussian(shape2))
+                    for _ in range(RANDOM_DRAWS)], axis=0)
+
+
+a_small, a_big, a_seed = (lora_runs[R_SMALL, SEED]["A"], lora_runs[R_BIG, SEED]["A"],
+                          lora_runs[R_SMALL, SEED + 1]["A"])
+d_in = a_small[ADAPTED[0]].shape[1]
+rand_rank = random_phi((R_SMALL, d_in), (R_BIG, d_in))
+rand_seed = random_phi((R_SMALL, d_in), (R_SMALL, d_in))
+formula = np.maximum(np.arange(1, R_SMALL + 1)[:, None], np.arange(1, R_BIG + 1)[None, :]) / d_in
+print(f"random baseline, r={R_SMALL} vs r={R_BIG}: measured vs max(i, j)/{d_in}, largest gap "
+      f"{np.abs(rand_rank - formula).max():.4f}")
+
+layer = f"blocks.{last}.attn.v_proj"
+phi_rank = lowrank.subspace_similarity_matrix(a_small[layer], a_big[layer])
+phi_seed = lowrank.subspace_similarity_matrix(a_small[layer], a_seed[layer])
+print(f"{layer}: phi(A_r={R_SMALL}, A_r={R_BIG}, i, j), rows i = 1..{R_SMALL}, first 8 columns j:")
+print(phi_rank[:, :8])
+print(f"{layer}: phi(A_r={R_SMALL} seed {SEED}, A_r={R_SMALL} seed {SEED + 1}, i, j):")
+print(phi_seed)
+
+# %%
+fig, axes = plt.subplots(1, 4, figsize=(16, 4.2), layout="constrained",
+                         gridspec_kw=dict(width_ratios=[3, 3, 1.3, 1.3]))
+panels = [(phi_rank, f"r={R_SMALL} vs r={R_BIG}, same seed", f"j (top-j of A_r={R_BIG})"),
+          (rand_rank, f"random {R_SMALL} x {d_in} vs {R_BIG} x {d_in}", "j"),
+          (phi_seed, f"r={R_SMALL}: seed {SEED} vs {SEED + 1}", f"j (seed {SEED + 1})"),
+          (rand_seed, "random vs random", "j")]
+for ax, (mat, title, xlabel) in zip(axes, panels):
+    im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", aspect="auto",
+                   extent=(0.5, mat.shape[1] + 0.5, mat.shape[0] + 0.5, 0.5))
+    ax.set(title=title, xlabel=xlabel, ylabel=f"i (top-i of A_r={R_SMALL})")
+    ax.set_yticks(range(1, mat.shape[0] + 1))
+    if mat.shape[1] <= 8:
+        ax.set_xticks(range(1, mat.shape[1] + 1))
+fig.colorbar(im, ax=axes, shrink=0.85, label="phi(i, j)")
+fig.suptitle(f"Subspace similarity of LoRA's A matrices, {layer}")
+plt.show()
+
+# %% [markdown]
+# All 8 adapted matrices. Columns: φ(1, 1), the overlap of the single strongest direction;
+# φ(8, 8), the overlap of the whole r = 8 row space with the top 8 of the other; and the
+# random expectation for each. The last two columns ask whether LoRA at r = 8 found the
+# directions that full fine-tuning moved most: φ between A_r=8 and the top-8 right-singular
+# vectors of the full FT ΔW of the same matrix.
+
+# %%
+rows = []
+top = {n: lowrank.lora_from_delta(dW[n], R_BIG)[1] for n in ADAPTED}  # the "A" of full FT: sqrt(s_i) v_i^T
+print(f"{'matrix':>22} | {'r8 vs r64':^15} | {'seed 0 vs 1':^15} | {'r8 vs full FT ΔW':^16}")
+print(f"{'':>22} | {'phi11':>7} {'phi88':>7} | {'phi11':>7} {'phi88':>7} | {'phi11':>7} {'phi88':>8}")
+for n in ADAPTED:
+    k = min(8, R_SMALL)
+    row = dict(name=n,
+               rank11=lowrank.subspace_similarity(a_small[n], a_big[n], 1, 1),
+               rank88=lowrank.subspace_similarity(a_small[n], a_big[n], k, k),
+               seed11=lowrank.subspace_similarity(a_small[n], a_seed[n], 1, 1),
+               seed88=lowrank.subspace_similarity(a_small[n], a_seed[n], k, k),
+               full11=lowrank.subspace_similarity(a_small[n], top[n], 1, 1),
+               full88=lowrank.subspace_similarity(a_small[n], top[n], k, k))
+    rows.append(row)
+    print(f"{n:>22} | {row['rank11']:>7.3f} {row['rank88']:>7.3f} | {row['seed11']:>7.3f} {row['seed88']:>7.3f} "
+          f"| {row['full11']:>7.3f} {row['full88']:>8.3f}")
+mean = {key: np.mean([row[key] for row in rows]) for key in rows[0] if key != "name"}
+print(f"{'mean':>22} | {mean['rank11']:>7.3f} {mean['rank88']:>7.3f} | {mean['seed11']:>7.3f} {mean['seed88']:>7.3f} "
+      f"| {mean['full11']:>7.3f} {mean['full88']:>8.3f}")
+print(f"{'random (measured)':>22} | {rand_rank[0, 0]:>7.3f} {rand_rank[k - 1, k - 1]:>7.3f} | "
+      f"{rand_seed[0, 0]:>7.3f} {rand_seed[k - 1, k - 1]:>7.3f} | {rand_seed[0, 0]:>7.3f} {rand_seed[k - 1, k - 1]:>8.3f}")
+print(f"{'random (max(i,j)/d)':>22} | {1 / d_in:>7.4f} {k / d_in:>7.4f} | {1 / d_in:>7.4f} {k / d_in:>7.4f} "
+      f"| {1 / d_in:>7.4f} {k / d_in:>8.4f}")
+
+# %% [markdown]
+# ## 7. Amplification: does ΔW boost directions W already uses?
+#
+# Hu et al. (section 7.3) project W onto the top-r singular directions of ΔW: with U_r and V_r
+# the top-r left and right singular vectors of ΔW, ‖U_rᵀ W V_r‖_F says how much of W lives in
+# the directions that ΔW changes. They compare it with the same projection onto W's own top-r
+# directions (as large as it can be) and onto random directions, and define the amplification
+# factor ‖ΔW‖_F / ‖U_rᵀ W V_r‖_F (`lowrank.amplification`): large when ΔW is big in directions
+# that W barely uses. Here at r = 8, for the full fine-tuning ΔW and the LoRA r = 8 delta.
+
+# %%
+def projection(W, D, k):
+    """||U_k^T W V_k||_F with U_k, V_k the top-k singular vectors of D."""
+    U, _, Vt = lowrank.svd(D)
+    return np.linalg.norm(U[:, :k].T @ W @ Vt[:k].T)
+
+
+k = min(8, R_SMALL)
+print(f"r = {k}; projections ||U^T W V||_F of W onto the top-{k} directions of:")
+print(f"{'matrix':>22} {'|W|':>6} {'W itself':>9} {'full dW':>8} {'LoRA':>7} {'random':>7} | "
+      f"{'|full dW|':>9} {'amp full':>9} | {'|LoRA dW|':>9} {'amp LoRA':>9}")
+amp = {"full": [], "lora": [], "proj_full": [], "proj_lora": [], "proj_rand": [], "proj_own": []}
+for n in ADAPTED:
+    W, d_full, d_lora = W0[n], dW[n], lora_runs[R_SMALL, SEED]["delta"][n]
+    p_own, p_full, p_lora = projection(W, W, k), projection(W, d_full, k), projection(W, d_lora, k)
+    p_rand = np.mean([projection(W, gaussian(W.shape), k) for _ in range(RANDOM_DRAWS // 10 + 1)])
+    a_full, a_lora = lowrank.amplification(d_full, W, k), lowrank.amplification(d_lora, W, k)
+    assert np.isclose(a_full, np.linalg.norm(d_full) / p_full)
+    for key, v in zip(amp, (a_full, a_lora, p_full, p_lora, p_rand, p_own)):
+        amp[key].append(v)
+    print(f"{n:>22} {np.linalg.norm(W):>6.2f} {p_own:>9.3f} {p_full:>8.3f} {p_lora:>7.3f} {p_rand:>7.3f} | "
+          f"{np.linalg.norm(d_full):>9.4f} {a_full:>9.3f} | {np.linalg.norm(d_lora):>9.4f} {a_lora:>9.3f}")
+print(f"{'mean':>22} {'':>6} {np.mean(amp['proj_own']):>9.3f} {np.mean(amp['proj_full']):>8.3f} "
+      f"{np.mean(amp['proj_lora']):>7.3f} {np.mean(amp['proj_rand']):>7.3f} | {'':>9} {np.mean(amp['full']):>9.3f} | "
+      f"{'':>9} {np.mean(amp['lora']):>9.3f}")
+
+# %% [markdown]
+# ## 8. Summary: the numbers the course quotes
+
+# %%
+qv_e = {r: np.mean([spectrum[n]["curve"][r - 1] for n in ADAPTED]) for r in (1, 4, 8, 16)}
+all_e = {r: np.mean([spectrum[n]["curve"][r - 1] for n in LINEAR]) for r in (1, 4, 8, 16)}
+print(f"chapter 08 summary ({STEPS} steps, windows of {BLOCK}, batch {BATCH}, seed {SEED})")
+print(f"  held-out comedy loss: base {base_loss:.4f}, full fine-tuning {full_loss:.4f}, "
+      f"base + full FT q,v deltas {qv_full_loss:.4f}, full FT minus all linear deltas {no_linear_loss:.4f}")
+print("  energy kept by the best rank-r approximation of full FT deltas (mean):")
+for r in (1, 4, 8, 16):
+    print(f"    r = {r:>2}: q,v deltas {qv_e[r]:.1%}, all {len(LINEAR)} deltas {all_e[r]:.1%}, "
+          f"random 128 x 128 {random_energy[(128, 128)][r - 1]:.1%}")
+print(f"  effective rank of full FT deltas: {min(all_er):.1f} to {max(all_er):.1f} "
+      f"(mean {np.mean(all_er):.1f}; random 128 x 128 {random_erank[(128, 128)]:.1f}, "
+      f"random 128 x 512 {random_erank[(128, 512)]:.1f})")
+print("  held-out comedy loss at rank r: LoRA trained at r | full FT q,v deltas cut to r | all deltas cut to r")
+for r in RANKS:
+    print(f"    r = {r:>2}: {lora_runs[r, SEED]['loss']:.4f} | {trunc_qv[r]:.4f} | {trunc_all[r]:.4f}")
+print(f"  LoRA r={R_SMALL}, seed {SEED + 1}: {lora_runs[R_SMALL, SEED + 1]['loss']:.4f}; "
+      f"A moved from its random start by |A - A0| / |A0| = {lora_runs[R_SMALL, SEED]['moved']:.2f} (r={R_SMALL})")
+print(f"  subspace similarity of A (mean over {len(ADAPTED)} matrices) vs random:")
+print(f"    r={R_SMALL} vs r={R_BIG}: phi(1,1) {mean['rank11']:.3f} (random {rand_rank[0, 0]:.3f}), "
+      f"phi(8,8) {mean['rank88']:.3f} (random {rand_rank[k - 1, k - 1]:.3f})")
+print(f"    seed {SEED} vs {SEED + 1} at r={R_SMALL}: phi(1,1) {mean['seed11']:.3f} (random {rand_seed[0, 0]:.3f}), "
+      f"phi(8,8) {mean['seed88']:.3f} (random {rand_seed[k - 1, k - 1]:.3f})")
+print(f"    LoRA r={R_SMALL} vs full FT dW top-8: phi(1,1) {mean['full11']:.3f}, phi(8,8) {mean['full88']:.3f}")
+print(f"  W projected on the top-{k} directions (mean ||U^T W V||_F): of W itself {np.mean(amp['proj_own']):.3f}, "
+      f"of full FT dW {np.mean(amp['proj_full']):.3f}, of LoRA r={R_SMALL} {np.mean(amp['proj_lora']):.3f}, "
+      f"random {np.mean(amp['proj_rand']):.3f}")
+print(f"  amplification factor at r = {k} (mean): full FT dW {np.mean(amp['full']):.3f}, "
+      f"LoRA r={R_SMALL} delta {np.mean(amp['lora']):.3f}")
