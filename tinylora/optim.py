@@ -128,17 +128,19 @@ class Adam(Optimizer):
         s = self._state(p, "m", "v")
         s["step"] += 1
         m, v, t = s["m"], s["v"], s["step"]
+        xp = B.module_of(p.data)
         m *= b1
         m += (1 - b1) * grad  # m = b1 m + (1 - b1) g
+        work = grad * grad  # one scratch array for the rest of the update
+        work *= 1 - b2
         v *= b2
-        v += (1 - b2) * (grad * grad)  # v = b2 v + (1 - b2) g^2
-        xp = B.module_of(p.data)
-        denom = xp.sqrt(v)
-        denom *= 1 / math.sqrt(1 - b2**t)
-        denom += group["eps"]  # sqrt(v_hat) + eps
-        step = m / denom
-        step *= lr / (1 - b1**t)  # lr * m_hat / (sqrt(v_hat) + eps)
-        p.data -= step
+        v += work  # v = b2 v + (1 - b2) g^2
+        xp.sqrt(v, out=work)
+        work *= 1 / math.sqrt(1 - b2**t)
+        work += group["eps"]  # sqrt(v_hat) + eps
+        xp.divide(m, work, out=work)
+        work *= lr / (1 - b1**t)  # lr * m_hat / (sqrt(v_hat) + eps)
+        p.data -= work
 
 
 class AdamW(Adam):
