@@ -238,6 +238,10 @@ def test_smollm2_chat_template(small):
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
     )
+    assert tok.chat(msgs, default_system=False) == (
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert tok.encode_chat(msgs, default_system=False) == tok.encode(tok.chat(msgs, default_system=False))
     jinja2 = pytest.importorskip("jinja2")
     template = jinja2.Environment().from_string(tok.chat_template)
     for conv in (msgs, [{"role": "system", "content": "Be brief."}] + msgs):

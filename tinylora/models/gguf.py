@@ -158,28 +158,29 @@ class BPETokenizer:
     def id_to_token(self, i: int):
         return self.tk.id_to_token(int(i))
 
-    def chat(self, messages, add_generation_prompt: bool = True) -> str:
+    def chat(self, messages, add_generation_prompt: bool = True, default_system: bool = True) -> str:
         """The prompt text of a conversation (a string is one user message), in ChatML.
 
         This is what the file's Jinja template renders: a default system message when the
-        conversation has none, then <|im_start|>{role}\\n{content}<|im_end|>\\n per message,
-        then <|im_start|>assistant\\n to ask for the reply.
+        conversation has none (default_system=False leaves it out: shorter prompts), then
+        <|im_start|>{role}\\n{content}<|im_end|>\\n per message, then <|im_start|>assistant\\n.
         """
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         if self.chat_template is not None and "<|im_start|>" not in self.chat_template:
             raise NotImplementedError("BPETokenizer.chat: only ChatML templates (<|im_start|>) are supported")
         parts = []
-        if self.default_system is not None and (not messages or messages[0]["role"] != "system"):
+        has_system = bool(messages) and messages[0]["role"] == "system"
+        if default_system and self.default_system is not None and not has_system:
             parts.append(f"<|im_start|>system\n{self.default_system}<|im_end|>\n")
         parts += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
         if add_generation_prompt:
             parts.append("<|im_start|>assistant\n")
         return "".join(parts)
 
-    def encode_chat(self, messages, add_generation_prompt: bool = True) -> list:
+    def encode_chat(self, messages, add_generation_prompt: bool = True, default_system: bool = True) -> list:
         """Token ids of chat(messages)."""
-        return self.encode(self.chat(messages, add_generation_prompt))
+        return self.encode(self.chat(messages, add_generation_prompt, default_system))
 
 
 def _default_system(template):
