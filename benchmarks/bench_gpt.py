@@ -1,63 +1,89 @@
 """GPT training step: tinylora vs PyTorch eager, full fine-tuning and LoRA, side by side.
 
-    python benchmarks/bench_gpt.py [--steps 10] [--repeats 3] [--width 128] [--profile]
+    python benchmarks/bench_gpt.py [--steps 10] [--repeats 5] [--width 128] [--profile]
 
 The model is the benchmark GPT (n_layer 4, n_head 4, n_embd 128, block 64, vocab 65, tied
 head, GELU in its tanh form) on a batch of 32, float32, AdamW. Both libraries start from the
-same weights; rounds are interleaved so machine noise hits every variant alike, and each
-figure is the median over rounds of per-round medians. --profile prints where tinylora's
-time goes (cProfile, by function).
+same weights. Each measurement runs in a fresh process that holds one library only (a user's
+situation: PyTorch's idle OpenMP workers keep spinning for a while after each op and would
+otherwise steal a core from the next library's BLAS threads). Rounds are interleaved so
+machine noise hits every variant alike; each time is the median over rounds, and each ratio
+the median over rounds of the ratio within a round. --profile prints where tinylora's time
+goes (cProfile, by function).
 """
 
 import argparse
 import cProfile
-import os
+import json
 import pstats
+import subprocess
+import sys
 
 import numpy as np
 
 from tinylora import bench
 
+CHILD = """
+import json, sys
+from tinylora import bench
+impl, r, width, steps = sys.argv[1], int(sys.argv[2]) or None, int(sys.argv[3]), int(sys.argv[4])
+problem = bench.gpt_problem(n_embd=width)
+if impl == "pytorch":
+    import os, torch
+    torch.set_num_threads(os.cpu_count())
+    step, sync = bench.gpt_torch_step(problem, r), bench.torch_sync
+else:
+    step, sync = bench.gpt_tinylora_step(problem, r), None
+print(json.dumps(bench.time_steps(step, steps, warmup=3, sync=sync)))
+"""
+
+
+def measure(impl: str, r, width: int, steps: int) -> float:
+    """Median step time (ms) of one variant, measured in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", CHILD, impl, str(r or 0), str(width), str(steps)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     torch = bench.torch_module()
-    if torch is not None:
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
     print(bench.machine_info(torch))
-    problem = bench.gpt_problem(n_embd=args.width)
-    steps = {
-        "tinylora full": bench.gpt_tinylora_step(problem),
-        "tinylora lora": bench.gpt_tinylora_step(problem, args.lora_r),
-    }
+    variants = {"tinylora full": ("tinylora", None), "tinylora lora": ("tinylora", args.lora_r)}
     if torch is not None:
-        steps["pytorch full"] = bench.gpt_torch_step(problem)
-        steps["pytorch lora"] = bench.gpt_torch_step(problem, args.lora_r)
-    rounds = {k: [] for k in steps}
+        variants.update({"pytorch full": ("pytorch", None), "pytorch lora": ("pytorch", args.lora_r)})
+    rounds = {k: [] for k in variants}
     for _ in range(args.repeats):
-        for k, f in steps.items():
-            sync = bench.torch_sync if k.startswith("pytorch") else None
-            rounds[k].append(bench.time_steps(f, args.steps, warmup=2, sync=sync)["median_ms"])
+        for k, (impl, r) in variants.items():
+            rounds[k].append(measure(impl, r, args.width, args.steps))
     ms = {k: float(np.median(v)) for k, v in rounds.items()}
     cfg = dict(bench.GPT_SHAPE, n_embd=args.width)
     print(f"\nGPT {cfg}, batch {bench.GPT_BATCH}, LoRA r={args.lora_r} on q_proj, v_proj")
     for k, v in ms.items():
         print(f"  {k:<15} {v:8.1f} ms   (rounds: {', '.join(f'{x:.1f}' for x in rounds[k])})")
+
+    def ratio(a, b):  # median of within-round ratios, and their spread
+        r = np.array(rounds[a]) / np.array(rounds[b])
+        return f"{np.median(r):.2f}  (rounds {r.min():.2f}-{r.max():.2f})"
+
     if torch is not None:
-        print(f"  tinylora / pytorch, full: {ms['tinylora full'] / ms['pytorch full']:.2f}")
-        print(f"  tinylora / pytorch, LoRA: {ms['tinylora lora'] / ms['pytorch lora']:.2f}")
-        print(f"  LoRA / full, pytorch:     {ms['pytorch lora'] / ms['pytorch full']:.2f}")
-    print(f"  LoRA / full, tinylora:    {ms['tinylora lora'] / ms['tinylora full']:.2f}")
+        print(f"  tinylora / pytorch, full: {ratio('tinylora full', 'pytorch full')}")
+        print(f"  tinylora / pytorch, LoRA: {ratio('tinylora lora', 'pytorch lora')}")
+        print(f"  LoRA / full, pytorch:     {ratio('pytorch lora', 'pytorch full')}")
+    print(f"  LoRA / full, tinylora:    {ratio('tinylora lora', 'tinylora full')}")
     if args.profile:
-        for name in ("tinylora full", "tinylora lora"):
+        problem = bench.gpt_problem(n_embd=args.width)
+        for name, r in (("tinylora full", None), ("tinylora lora", args.lora_r)):
+            step = bench.gpt_tinylora_step(problem, r)
+            step()
             prof = cProfile.Profile()
-            prof.runcall(lambda f=steps[name]: [f() for _ in range(5)])
+            prof.runcall(lambda step=step: [step() for _ in range(5)])
             print(f"\nwhere the time goes: {name} (5 steps, top 15 by own time)")
             pstats.Stats(prof).sort_stats("tottime").print_stats(15)
 

@@ -175,25 +175,12 @@ def gelu(x, approximate: str = "tanh") -> Tensor:
     a = x.data
     xp = _xp(x)
     if approximate == "tanh":
-        a2 = a * a
-        t = a2 * _GELU_C
-        t += 1
-        t *= a
-        t *= _SQRT_2_OVER_PI
-        xp.tanh(t, out=t)  # t = tanh(c (x + k x^3))   (never a**3: numpy's pow is ~300x slower)
-        out = t + 1
-        out *= a
-        out *= 0.5  # 0.5 x (1 + t)
+        t, out = xp.empty_like(a), xp.empty_like(a)
+        _gelu_tanh_forward(a, t, out)  # t = tanh(c (x + k x^3)), out = 0.5 x (1 + t)
 
         def backward(g):  # d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3k x^2)
-            d = t * t
-            xp.subtract(1, d, out=d)
-            d *= a
-            d *= a2 * (3 * _GELU_C) + 1
-            d *= 0.5 * _SQRT_2_OVER_PI
-            d += 0.5
-            d += 0.5 * t
-            d *= g
+            d = xp.empty_like(a)
+            _gelu_tanh_backward(a, t, g, d)
             return (d,)
 
     elif approximate == "none":
@@ -207,6 +194,37 @@ def gelu(x, approximate: str = "tanh") -> Tensor:
     else:
         raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
     return Tensor._node(out.astype(a.dtype, copy=False), "gelu", (x,), backward)
+
+
+def _gelu_tanh_forward(a, t, out):
+    """Fill t = tanh(c (a + k a^3)) and out = 0.5 a (1 + t) (never a**3: numpy's pow is ~300x slower)."""
+    xp = B.module_of(a)
+    xp.multiply(a, a, out=t)
+    t *= _GELU_C
+    t += 1
+    t *= a
+    t *= _SQRT_2_OVER_PI
+    xp.tanh(t, out=t)
+    xp.add(t, 1, out=out)
+    out *= a
+    out *= 0.5
+
+
+def _gelu_tanh_backward(a, t, g, d):
+    """Fill d = g * (0.5 (1 + t) + 0.5 a (1 - t^2) c (1 + 3k a^2))."""
+    xp = B.module_of(a)
+    xp.multiply(t, t, out=d)
+    xp.subtract(1, d, out=d)  # 1 - t^2
+    d *= a
+    w = a * a
+    w *= 3 * _GELU_C
+    w += 1
+    d *= w
+    d *= 0.5 * _SQRT_2_OVER_PI
+    xp.add(t, 1, out=w)
+    w *= 0.5
+    d += w
+    d *= g
 
 
 def silu(x) -> Tensor:
@@ -509,7 +527,9 @@ def scaled_dot_product_attention(
         raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {tq} > {tk}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     qs = qd * scale  # scaling q (Tq x D) is cheaper than scaling the scores (Tq x Tk)
-    s = qs @ kd.swapaxes(-1, -2)  # (..., Tq, Tk) = q k^T / sqrt(D)
+    s = qs @ xp.ascontiguousarray(
+        kd.swapaxes(-1, -2)
+    )  # (..., Tq, Tk) = q k^T / sqrt(D); BLAS likes k^T laid out
     neg = xp.finfo(s.dtype).min
     if causal:
         xp.copyto(s, neg, where=_future(tq, tk, xp))
@@ -522,9 +542,7 @@ def scaled_dot_product_attention(
                 else allowed.reshape(*allowed.shape[:-3], -1, groups, *allowed.shape[-2:])
             )
         xp.copyto(s, neg, where=~allowed.astype(bool))
-    s -= s.max(axis=-1, keepdims=True)
-    xp.exp(s, out=s)
-    s /= sum_last(s)
+    _softmax_rows(s)
     p = s  # attention weights (..., Tq, Tk)
     drop = None
     if dropout_p > 0.0 and training:
@@ -540,12 +558,11 @@ def scaled_dot_product_attention(
         if v.requires_grad:
             gv = _ungroup(pd.swapaxes(-1, -2) @ g, v.data.shape, groups)  # (..., Tk, Dv)
         if q.requires_grad or k.requires_grad:
-            gp = g @ vd.swapaxes(-1, -2)  # (..., Tq, Tk)
+            gp = g @ xp.ascontiguousarray(vd.swapaxes(-1, -2))  # (..., Tq, Tk)
             if drop is not None:
                 gp *= drop
             gs = gp
-            gs -= sum_last(gp * p)  # softmax backward, in place: gs = p * (gp - sum(gp * p))
-            gs *= p
+            _softmax_rows_backward(gs, p)
             if q.requires_grad:
                 gq = gs @ kd  # (..., Tq, D)
                 gq *= scale
@@ -556,6 +573,20 @@ def scaled_dot_product_attention(
 
     final = out.reshape(*out.shape[:-4], -1, *out.shape[-2:]) if groups > 1 else out
     return Tensor._node(final, "attention", (q, k, v), backward)
+
+
+def _softmax_rows(s):
+    """Softmax over the last axis, in place (shifted by the row max so exp never overflows)."""
+    xp = B.module_of(s)
+    s -= s.max(axis=-1, keepdims=True)
+    xp.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+
+
+def _softmax_rows_backward(gp, p):
+    """gp <- p * (gp - sum(gp * p)): the softmax backward, in place on the incoming gradient."""
+    gp -= (gp * p).sum(axis=-1, keepdims=True)
+    gp *= p
 
 
 def _ungroup(g, shape, groups: int):
