@@ -14,35 +14,26 @@ goes (cProfile, by function).
 
 import argparse
 import cProfile
-import json
 import pstats
-import subprocess
-import sys
 
 import numpy as np
 
 from tinylora import bench
 
-CHILD = """
-import json, sys
-from tinylora import bench
-impl, r, width, steps = sys.argv[1], int(sys.argv[2]) or None, int(sys.argv[3]), int(sys.argv[4])
-problem = bench.gpt_problem(n_embd=width)
-if impl == "pytorch":
-    import os, torch
-    torch.set_num_threads(os.cpu_count())
-    step, sync = bench.gpt_torch_step(problem, r), bench.torch_sync
-else:
-    step, sync = bench.gpt_tinylora_step(problem, r), None
-print(json.dumps(bench.time_steps(step, steps, warmup=3, sync=sync)))
-"""
-
 
 def measure(impl: str, r, width: int, steps: int) -> float:
     """Median step time (ms) of one variant, measured in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", CHILD, impl, str(r or 0), str(width), str(steps)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
+    spec = {
+        "model": "gpt",
+        "mode": "lora" if r else "full",
+        "impl": impl,
+        "r": r,
+        "width": width,
+        "backend": "numpy",
+        "steps": steps,
+        "warmup": 3,
+    }
+    return bench.measure_isolated(spec)["median_ms"]
 
 
 def main():

@@ -2,13 +2,17 @@
 
 The floor is the same MLP step written by hand in the backend's array module (forward,
 backward, SGD update; no autograd), so tinylora / floor is the price of the autograd itself.
-PyTorch (CPU or CUDA), dezero and mygrad are optional peers, timed in the same process.
+PyTorch (CPU or CUDA), dezero and mygrad are optional peers, each timed in a process of its own.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -369,12 +373,10 @@ def gpt_torch_step(problem: dict, lora_r: int | None = None, lr: float = 1e-3):
 # ---- the `tinylora bench` command ----------------------------------------------------------------
 
 
-def _memory(make_step) -> dict:
-    """Optimizer state bytes and the peak bytes traced during one step (NumPy only)."""
+def _memory(step) -> dict:
+    """Optimizer state bytes and the peak bytes traced during one more step (NumPy only)."""
     import tracemalloc
 
-    step = make_step()
-    step()  # optimizer state now exists
     opt = getattr(step, "optimizer", None)
     out = {"optimizer_state_bytes": opt.state_bytes() if opt is not None else 0, "peak_step_bytes": None}
     if B.get_backend() == "numpy":
@@ -389,6 +391,54 @@ def _memory(make_step) -> dict:
     return out
 
 
+def make_step(spec: dict):
+    """The training step a benchmark spec names: model mlp|gpt|ops, impl, mode full|lora, width, r."""
+    model, impl = spec["model"], spec["impl"]
+    if model == "ops":
+        return (op_chain_torch if impl == "pytorch" else op_chain_tinylora)(spec.get("n_ops", 1000))
+    if model == "mlp":
+        problem = mlp_problem()
+        makers = {"tinylora": mlp_tinylora_step, "floor": mlp_floor_step, "pytorch": mlp_torch_step, **PEERS}
+        return makers[impl](problem)
+    problem = gpt_problem(n_embd=spec["width"])
+    r = spec.get("r") if spec["mode"] == "lora" else None
+    return (gpt_torch_step if impl == "pytorch" else gpt_tinylora_step)(problem, r)
+
+
+def measure(spec: dict) -> dict:
+    """Time one spec in this process: median and spread of `steps` steps, plus memory for tinylora."""
+    step = make_step(spec)
+    torch = torch_module() if spec["impl"] == "pytorch" else None
+    if torch is not None and spec["backend"] == "numpy":
+        torch.set_num_threads(B.blas_info()["threads"] or 1)
+    sync = torch_sync if torch is not None else None
+    row = dict(spec, **time_steps(step, spec["steps"], spec["warmup"], sync=sync))
+    row["trainable_params"] = getattr(step, "trainable", None)
+    if spec["impl"] == "tinylora" and spec["model"] != "ops":
+        row.update(_memory(step))
+    return row
+
+
+_CHILD = (
+    "import json, sys; from tinylora import bench; print(json.dumps(bench.measure(json.loads(sys.argv[1]))))"
+)
+
+
+def measure_isolated(spec: dict) -> dict:
+    """measure(spec) in a fresh process that holds one library only, on spec["backend"].
+
+    A user runs one library at a time; in one shared process PyTorch's idle OpenMP workers
+    keep spinning after its ops and steal a core from the next library's BLAS threads.
+    """
+    env = dict(os.environ, TINYLORA_BACKEND=spec["backend"])
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True, env=env
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark {spec['impl']} {spec['model']} failed: {out.stderr.strip()[-800:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_bench(
     backends=("numpy",),
     widths=(128,),
@@ -399,55 +449,37 @@ def run_bench(
     lora_r: int = 8,
     echo=print,
 ) -> dict:
-    """Time MLP and GPT training steps (full and LoRA) on each backend; optionally PyTorch and peers."""
+    """Time MLP and GPT training steps (full and LoRA) on each backend; optionally PyTorch and peers.
+
+    Every row is measured in its own process (see measure_isolated).
+    """
     torch = torch_module() if compare_torch else None
     if compare_torch and torch is None:
         echo("(--compare-torch: PyTorch is not installed here; pip install torch to compare)")
+    specs = []
+    for backend in backends:
+        base = {"backend": backend, "steps": steps, "warmup": warmup}
+        impls = ["tinylora"] + (["floor"] if backend == "numpy" else []) + (["pytorch"] if torch else [])
+        impls += list(PEERS) if peers and backend == "numpy" else []
+        specs += [dict(base, model="mlp", mode="full", width=MLP_SIZES[1], impl=i) for i in impls]
+        for width in widths:
+            for mode in ("full", "lora"):
+                for impl in ["tinylora"] + (["pytorch"] if torch else []):
+                    specs.append(dict(base, model="gpt", mode=mode, width=width, impl=impl, r=lora_r))
     results = []
-
-    def record(model, mode, backend, width, impl, make, with_memory=True):
-        step = make()
-        stats = time_steps(step, steps, warmup, sync=(torch_sync if impl == "pytorch" else None))
-        row = {
-            "model": model,
-            "mode": mode,
-            "backend": backend,
-            "width": width,
-            "impl": impl,
-            **stats,
-            "trainable_params": getattr(step, "trainable", None),
-        }
-        if impl == "tinylora" and with_memory:
-            row.update(_memory(make))
+    for spec in specs:
+        try:
+            row = measure_isolated(spec)
+        except RuntimeError as e:
+            if spec["impl"] not in PEERS:
+                raise
+            echo(f"  ({spec['impl']} skipped: {e})")  # optional peers: report and go on
+            continue
         results.append(row)
         echo(
-            f"  {model:<4} {mode:<5} w={width:<4} {impl:<9} {backend:<6} {stats['median_ms']:9.2f} ms "
-            f"(p10 {stats['p10_ms']:.2f}, p90 {stats['p90_ms']:.2f})"
+            f"  {row['model']:<4} {row['mode']:<5} w={row['width']:<4} {row['impl']:<9} {row['backend']:<6} "
+            f"{row['median_ms']:9.2f} ms (p10 {row['p10_ms']:.2f}, p90 {row['p90_ms']:.2f})"
         )
-
-    for backend in backends:
-        with B.use_backend(backend):
-            if torch is not None and backend == "numpy":
-                torch.set_num_threads(B.blas_info()["threads"] or 1)
-            echo(f"[{backend}] {B.device_name()}")
-            mlp = mlp_problem()
-            record("mlp", "full", backend, MLP_SIZES[1], "tinylora", lambda: mlp_tinylora_step(mlp))
-            if backend == "numpy":
-                record("mlp", "full", backend, MLP_SIZES[1], "floor", lambda: mlp_floor_step(mlp))
-            if torch is not None:
-                record("mlp", "full", backend, MLP_SIZES[1], "pytorch", lambda: mlp_torch_step(mlp))
-            if peers and backend == "numpy":
-                for name, make in PEERS.items():
-                    try:
-                        record("mlp", "full", backend, MLP_SIZES[1], name, lambda make=make: make(mlp))
-                    except Exception as e:  # optional peers: report and go on
-                        echo(f"  ({name} skipped: {type(e).__name__}: {e})")
-            for width in widths:
-                gpt = gpt_problem(n_embd=width)
-                for mode, r in (("full", None), ("lora", lora_r)):
-                    record("gpt", mode, backend, width, "tinylora", lambda r=r: gpt_tinylora_step(gpt, r))
-                    if torch is not None:
-                        record("gpt", mode, backend, width, "pytorch", lambda r=r: gpt_torch_step(gpt, r))
     return {
         "machine": machine_info(torch),
         "config": {
@@ -458,6 +490,7 @@ def run_bench(
             "mlp_batch": MLP_BATCH,
             "gpt": GPT_SHAPE,
             "gpt_batch": GPT_BATCH,
+            "isolated": True,
         },
         "results": results,
         "ratios": ratios(results),
