@@ -25,7 +25,7 @@ def main():
 
     base = {"backend": "numpy", "mode": "full", "warmup": 3}
     mlp = ["tinylora", "floor"] + (["pytorch"] if torch else []) + list(bench.PEERS)
-    chain = ["tinylora"] + (["pytorch"] if torch else [])
+    chain = ["tinylora"] + (["pytorch"] if torch else []) + list(bench.PEERS)
     specs = {
         ("mlp", i): dict(base, model="mlp", impl=i, width=bench.MLP_SIZES[1], steps=args.steps) for i in mlp
     }
@@ -41,14 +41,15 @@ def main():
     for _ in range(args.repeats):
         for k, spec in list(specs.items()):
             try:
-                runs[k].append(bench.measure_isolated(spec)["median_ms"])
+                runs[k].append(bench.measure_isolated(spec))
             except RuntimeError as e:  # an optional peer that is missing or broken is reported and dropped
                 print(f"({k[1]} skipped: {str(e).splitlines()[-1]})")
                 del specs[k], runs[k]
-    ms = {k: statistics.median(v) for k, v in runs.items()}
+    ms = {k: statistics.median(row["median_ms"] for row in v) for k, v in runs.items()}
+    best = {k: min(row["min_ms"] for row in v) for k, v in runs.items()}
 
     print(f"\n(a) per-op overhead: forward+backward of {args.ops} ops on (8, 8) float32 tensors")
-    for i in chain:
+    for i in (k[1] for k in specs if k[0] == "ops"):
         ratio = f"  {ms['ops', i] / ms['ops', 'pytorch']:5.2f}x pytorch" if torch else ""
         print(f"  {i:<10} {ms['ops', i] * 1000 / args.ops:7.2f} us/op{ratio}")
 
@@ -56,9 +57,15 @@ def main():
     print(f"\n(b) MLP {sizes} training step, batch {bench.MLP_BATCH}, float32, SGD")
     for k in (k for k in specs if k[0] == "mlp"):
         ratio = f"  {ms[k] / ms['mlp', 'pytorch']:5.2f}x pytorch" if torch else ""
-        rounds = ", ".join(f"{x:.2f}" for x in runs[k])
-        print(f"  {k[1]:<10} {ms[k]:9.3f} ms{ratio}   (rounds: {rounds})")
+        rounds = ", ".join(f"{row['median_ms']:.2f}" for row in runs[k])
+        print(f"  {k[1]:<10} {ms[k]:9.3f} ms{ratio}   best step {best[k]:.3f} ms   (rounds: {rounds})")
     print(f"  tinylora / floor = {ms['mlp', 'tinylora'] / ms['mlp', 'floor']:.2f}")
+    for peer in ("pytorch", *bench.PEERS):
+        if ("mlp", peer) in ms:
+            print(
+                f"  tinylora / {peer} = {ms['mlp', 'tinylora'] / ms['mlp', peer]:.2f} "
+                f"(best steps: {best['mlp', 'tinylora'] / best['mlp', peer]:.2f})"
+            )
 
 
 if __name__ == "__main__":

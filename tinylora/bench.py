@@ -92,6 +92,7 @@ def mlp_floor_step(problem: dict):
             ws[i] -= LR * gw
             bs[i] -= LR * gb
 
+    step.params = lambda: [B.to_numpy(a) for a in ws + bs]  # weights (out, in), then biases
     return step
 
 
@@ -117,6 +118,7 @@ def mlp_tinylora_step(problem: dict):
             p.data -= LR * p.grad
 
     step.trainable, step.optimizer = sum(p.size for p in params), None
+    step.params = lambda: [B.to_numpy(p.data) for p in params]
     return step
 
 
@@ -162,15 +164,20 @@ def mlp_torch_step(problem: dict):
             for p in params:
                 p.sub_(LR * p.grad)
 
+    step.params = lambda: [p.detach().cpu().numpy() for p in params]
     return step
+
+
+def _dezero():
+    """dezero and dezero.functions (0.0.13 still uses np.int, which NumPy 1.24 removed)."""
+    if not hasattr(np, "int"):
+        np.int = int  # noqa: NPY001
+    return importlib.import_module("dezero"), importlib.import_module("dezero.functions")
 
 
 def mlp_dezero_step(problem: dict):
     """The same MLP step in dezero (weights stored (in, out) as dezero expects)."""
-    if not hasattr(np, "int"):
-        np.int = int  # noqa: NPY001  dezero 0.0.13 still uses np.int, which NumPy 1.24 removed
-    dz = importlib.import_module("dezero")
-    DF = importlib.import_module("dezero.functions")
+    dz, DF = _dezero()
     ws = [dz.Variable(w.T.copy()) for w in problem["weights"]]
     bs = [dz.Variable(b.copy()) for b in problem["biases"]]
     x, y, n = problem["x"], problem["y"], len(ws)
@@ -188,6 +195,7 @@ def mlp_dezero_step(problem: dict):
         for p in ws + bs:
             p.data -= LR * p.grad.data
 
+    step.params = lambda: [p.data.T if p.ndim == 2 else p.data for p in ws + bs]
     return step
 
 
@@ -211,48 +219,68 @@ def mlp_mygrad_step(problem: dict):
         for p in ws + bs:
             p.data -= LR * p.grad
 
+    step.params = lambda: [p.data.T if p.ndim == 2 else p.data for p in ws + bs]
     return step
 
 
 PEERS = {"dezero": mlp_dezero_step, "mygrad": mlp_mygrad_step}
 
 
-def op_chain_tinylora(n_ops: int = 1000, size: int = 8):
-    """Forward and backward through a chain of n_ops small elementwise ops."""
+def _op_chain(leaf, tanh, clear, n_ops: int, size: int):
+    """Forward and backward through n_ops small elementwise ops, in any autograd library."""
     r = np.random.default_rng(0)
-    x0 = Tensor(r.standard_normal((size, size)).astype(np.float32), requires_grad=True)
-    w = Tensor(r.uniform(0.9, 1.1, (size, size)).astype(np.float32), requires_grad=True)
-    b = Tensor(r.standard_normal((size, size)).astype(np.float32) * 0.01, requires_grad=True)
+    x0 = leaf(r.standard_normal((size, size)).astype(np.float32))
+    w = leaf(r.uniform(0.9, 1.1, (size, size)).astype(np.float32))
+    b = leaf(r.standard_normal((size, size)).astype(np.float32) * 0.01)
 
     def step():
         x = x0
         for _ in range(n_ops // 4):
-            x = ((x * w) + b).tanh() - b
-        x0.grad = w.grad = b.grad = None
+            x = tanh((x * w) + b) - b
+        clear(x0, w, b)
         x.sum().backward()
 
+    step.leaves = (x0, w, b)
     return step
+
+
+def _clear_grads(*tensors):
+    for t in tensors:
+        t.grad = None
+
+
+def op_chain_tinylora(n_ops: int = 1000, size: int = 8):
+    """Forward and backward through a chain of n_ops small elementwise ops."""
+    leaf = lambda a: Tensor(a, requires_grad=True)
+    return _op_chain(leaf, lambda t: t.tanh(), _clear_grads, n_ops, size)
 
 
 def op_chain_torch(n_ops: int = 1000, size: int = 8):
     """The same op chain in PyTorch eager."""
-    torch = torch_module()
-    dev = torch_device()
-    r = np.random.default_rng(0)
-    x0 = torch.tensor(r.standard_normal((size, size)).astype(np.float32), device=dev, requires_grad=True)
-    w = torch.tensor(r.uniform(0.9, 1.1, (size, size)).astype(np.float32), device=dev, requires_grad=True)
-    b = torch.tensor(
-        r.standard_normal((size, size)).astype(np.float32) * 0.01, device=dev, requires_grad=True
-    )
+    torch, dev = torch_module(), torch_device()
+    leaf = lambda a: torch.tensor(a, device=dev, requires_grad=True)
+    return _op_chain(leaf, torch.tanh, _clear_grads, n_ops, size)
 
-    def step():
-        x = x0
-        for _ in range(n_ops // 4):
-            x = ((x * w) + b).tanh() - b
-        x0.grad = w.grad = b.grad = None
-        x.sum().backward()
 
-    return step
+def op_chain_dezero(n_ops: int = 1000, size: int = 8):
+    """The same op chain in dezero."""
+    dz, DF = _dezero()
+    clear = lambda *ts: [t.cleargrad() for t in ts]
+    return _op_chain(dz.Variable, DF.tanh, clear, n_ops, size)
+
+
+def op_chain_mygrad(n_ops: int = 1000, size: int = 8):
+    """The same op chain in mygrad (which replaces gradients on each backward by itself)."""
+    mg = importlib.import_module("mygrad")
+    return _op_chain(mg.tensor, mg.tanh, lambda *ts: None, n_ops, size)
+
+
+OP_CHAINS = {
+    "tinylora": op_chain_tinylora,
+    "pytorch": op_chain_torch,
+    "dezero": op_chain_dezero,
+    "mygrad": op_chain_mygrad,
+}
 
 
 # ---- GPT -------------------------------------------------------------------------------------
@@ -395,7 +423,7 @@ def make_step(spec: dict):
     """The training step a benchmark spec names: model mlp|gpt|ops, impl, mode full|lora, width, r."""
     model, impl = spec["model"], spec["impl"]
     if model == "ops":
-        return (op_chain_torch if impl == "pytorch" else op_chain_tinylora)(spec.get("n_ops", 1000))
+        return OP_CHAINS[impl](spec.get("n_ops", 1000))
     if model == "mlp":
         problem = mlp_problem()
         makers = {"tinylora": mlp_tinylora_step, "floor": mlp_floor_step, "pytorch": mlp_torch_step, **PEERS}

@@ -1,0 +1,75 @@
+"""The benchmarks compare like with like: every implementation of a benchmark step computes the
+same update, and an isolated measurement reports what it measured or says why it failed."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from tinylora import bench
+
+MAKERS = {"tinylora": bench.mlp_tinylora_step, "pytorch": bench.mlp_torch_step, **bench.PEERS}
+INSTALLED = ["tinylora"] + [m for m in ("torch", "dezero", "mygrad") if importlib.util.find_spec(m)]
+
+
+def small_problem():
+    return bench.mlp_problem(sizes=(20, 16, 12, 5), batch=8, seed=3)
+
+
+def after_steps(make, n=3):
+    step = make(small_problem())
+    for _ in range(n):
+        step()
+    return step.params()
+
+
+def test_tinylora_mlp_step_matches_the_hand_written_floor():
+    ours, floor = after_steps(bench.mlp_tinylora_step), after_steps(bench.mlp_floor_step)
+    start = small_problem()["weights"]
+    assert len(ours) == len(floor) == 6
+    for a, b in zip(ours, floor):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(ours[0], start[0])  # the step did move the weights
+
+
+@pytest.mark.parametrize(
+    "impl", [i for i in ("pytorch", "dezero", "mygrad") if i.replace("pytorch", "torch") in INSTALLED]
+)
+def test_peer_mlp_steps_make_the_same_update(impl):
+    ours, theirs = after_steps(bench.mlp_tinylora_step), after_steps(MAKERS[impl])
+    assert len(theirs) == len(ours) == 6
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_op_chain_gradients_match_the_chain_rule():
+    step = bench.op_chain_tinylora(n_ops=12, size=3)  # x <- tanh(x * w + b) - b, three times
+    step()
+    x0, w, b = (t.data.astype(np.float64) for t in step.leaves)
+    xs = [x0]
+    for _ in range(3):
+        xs.append(np.tanh(xs[-1] * w + b) - b)
+    g, gw, gb = np.ones_like(x0), np.zeros_like(w), np.zeros_like(b)
+    for x in reversed(xs[:-1]):  # d/du tanh(u) = 1 - tanh(u)^2, then through u = x * w + b
+        gu = g * (1 - np.tanh(x * w + b) ** 2)
+        gw += gu * x
+        gb += gu - g
+        g = gu * w
+    for t, expected in zip(step.leaves, (g, gw, gb)):
+        np.testing.assert_allclose(t.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_measure_runs_a_spec_in_its_own_process_and_reports_failures():
+    spec = {
+        "model": "mlp",
+        "mode": "full",
+        "impl": "floor",
+        "backend": "numpy",
+        "width": 512,
+        "steps": 2,
+        "warmup": 0,
+    }
+    row = bench.measure_isolated(spec)
+    assert row["impl"] == "floor" and row["steps"] == 2 and 0 < row["min_ms"] <= row["median_ms"]
+    with pytest.raises(RuntimeError, match="benchmark nonsense mlp failed"):
+        bench.measure_isolated(dict(spec, impl="nonsense"))
