@@ -229,6 +229,28 @@ def test_scaled_dot_product_attention(case, causal):
     )
 
 
+def heads_last(a):
+    """The same values as a (B, H, T, D) view of a (B, T, H, D) array, as the GPT makes q, k, v."""
+    return np.ascontiguousarray(a.swapaxes(1, 2)).swapaxes(1, 2)
+
+
+@given(case=attention_case(), causal=st.booleans())
+def test_attention_on_head_views_gives_the_same_values_laid_out_like_q(case, causal):
+    q, k, v = case
+    f = lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, causal=causal)
+    views = [leaf(heads_last(a)) for a in (q, k, v)]
+    assert not views[0].data.flags.c_contiguous or q.shape[1] == 1 or q.shape[2] == 1
+    out = f(*views)
+    np.testing.assert_allclose(out.data, reference_attention(q, k, v, causal), rtol=1e-10, atol=1e-12)
+    assert check_grad(f, *views)
+    out.backward(np.ones(out.shape))
+    for t in views:
+        np.testing.assert_allclose(t.grad, t.grad.copy())  # a real array of the input's shape
+        assert t.grad.shape == t.shape
+    if q.shape[1] == k.shape[1] and v.shape[-1] == q.shape[-1]:  # no grouping: heads merge without a copy
+        assert out.data.swapaxes(1, 2).flags.c_contiguous
+
+
 @given(case=attention_case(), data=st.data())
 def test_attention_with_key_padding_mask(case, data):
     q, k, v = case

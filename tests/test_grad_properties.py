@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tinylora as tl
+from tinylora.gradcheck import numerical_jacobian
 
 pair_shapes = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, max_side=3)
 positive = st.floats(0.2, 3.0, width=64)
@@ -155,6 +156,16 @@ def test_gradcheck_full_jacobian_on_a_composite():
     r = np.random.default_rng(3)
     a, b = leaf(r.standard_normal((3, 4))), leaf(r.standard_normal((4, 2)))
     assert check_grad(lambda x, y: ((x @ y).tanh() * x[:, :2]).exp(), a, b, full_jacobian=True)
+
+
+def test_gradcheck_perturbs_inputs_that_are_views():
+    r = np.random.default_rng(4)
+    base = r.standard_normal((4, 3))
+    x = tl.Tensor(base.T, requires_grad=True)  # a transposed view, not C-contiguous
+    assert not x.data.flags.c_contiguous
+    jac = numerical_jacobian(lambda t: (t * t).sum(), [x], 0)
+    np.testing.assert_allclose(jac.reshape(3, 4), 2 * base.T, rtol=1e-6)
+    np.testing.assert_array_equal(x.data, base.T)  # restored after the perturbations
 
 
 @given(a=arrays(hnp.array_shapes(min_dims=1, max_dims=2, max_side=3), elements=positive))

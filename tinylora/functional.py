@@ -550,13 +550,13 @@ def scaled_dot_product_attention(
             1 - dropout_p
         )
     pd = p if drop is None else p * drop
-    out = pd @ vd  # (..., Tq, Dv)
+    out = _matmul_like(pd, vd, qd)  # (..., Tq, Dv), laid out like q (heads-last: no copy to merge heads)
 
     def backward(g):
         g = g.reshape(out.shape)
         gq = gk = gv = None
         if v.requires_grad:
-            gv = _ungroup(pd.swapaxes(-1, -2) @ g, v.data.shape, groups)  # (..., Tk, Dv)
+            gv = _ungroup(_matmul_like(pd.swapaxes(-1, -2), g, vd), v.data.shape, groups)  # (..., Tk, Dv)
         if q.requires_grad or k.requires_grad:
             gp = g @ xp.ascontiguousarray(vd.swapaxes(-1, -2))  # (..., Tq, Tk)
             if drop is not None:
@@ -564,15 +564,27 @@ def scaled_dot_product_attention(
             gs = gp
             _softmax_rows_backward(gs, p)
             if q.requires_grad:
-                gq = gs @ kd  # (..., Tq, D)
+                gq = _matmul_like(gs, kd, qd)  # (..., Tq, D), laid out like q
                 gq *= scale
                 gq = gq.reshape(q.data.shape)
             if k.requires_grad:
-                gk = _ungroup(gs.swapaxes(-1, -2) @ qs, k.data.shape, groups)  # (..., Tk, D)
+                gk = _ungroup(_matmul_like(gs.swapaxes(-1, -2), qs, kd), k.data.shape, groups)  # (..., Tk, D)
         return gq, gk, gv
 
     final = out.reshape(*out.shape[:-4], -1, *out.shape[-2:]) if groups > 1 else out
     return Tensor._node(final, "attention", (q, k, v), backward)
+
+
+def _matmul_like(a, b, like):
+    """a @ b, written into an array with the memory layout of `like` when the shapes agree.
+
+    q, k and v are usually views of a (B, T, H, D) projection; results laid out the same way
+    turn back into (B, T, C) without a copy.
+    """
+    shape = (*a.shape[:-1], b.shape[-1])
+    if a.shape[:-2] != b.shape[:-2] or like.shape != shape:
+        return a @ b
+    return B.module_of(a).matmul(a, b, out=B.module_of(a).empty_like(like))
 
 
 def _softmax_rows(s):

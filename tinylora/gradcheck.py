@@ -20,17 +20,16 @@ def _outputs(fn, inputs) -> list:
 
 def numerical_jacobian(fn, inputs, index: int, eps: float = 1e-6) -> np.ndarray:
     """d(flattened outputs)/d(inputs[index]) by central differences: (n_out, n_in) array."""
-    x = inputs[index]
-    flat = x.data.reshape(-1)  # a view: perturb in place, then restore
+    data = inputs[index].data  # perturbed in place (element by element, so views work too), then restored
     columns = []
     with no_grad():
-        for i in range(flat.size):
-            old = flat[i].item()
-            flat[i] = old + eps
+        for i in np.ndindex(data.shape):  # C order, as ravel() orders the analytic gradient
+            old = data[i].item()
+            data[i] = old + eps
             plus = np.concatenate([B.to_numpy(o.data).ravel() for o in _outputs(fn, inputs)])
-            flat[i] = old - eps
+            data[i] = old - eps
             minus = np.concatenate([B.to_numpy(o.data).ravel() for o in _outputs(fn, inputs)])
-            flat[i] = old
+            data[i] = old
             columns.append((plus - minus) / (2 * eps))
     return np.stack(columns, axis=1) if columns else np.zeros((0, 0))
 
