@@ -67,6 +67,7 @@ def test_every_planned_chapter_has_a_notebook_and_vice_versa():
     notebooks = {p.stem for p in NOTEBOOKS}
     assert chapters == notebooks, f"unpaired: {sorted(chapters ^ notebooks)}"
     assert chapters <= set(PLANNED), f"not in the plan: {sorted(chapters - set(PLANNED))}"
+    assert chapters >= set(PLANNED), f"planned but not written: {sorted(set(PLANNED) - chapters)}"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[p.stem for p in CHAPTERS])

@@ -1,0 +1,227 @@
+# %% [markdown]
+# # 10 · Backends and timing
+#
+# The same training step on NumPy and (when a GPU is present) CuPy; how the cost of a step
+# grows with the width of the model for full fine-tuning and for LoRA; and where the time of a
+# step goes. Chapter: [10-backends-and-timing.md](../chapters/10-backends-and-timing.md).
+#
+# Timings depend on the machine: this notebook's outputs were measured on a 2-core CPU. Cells
+# that need a GPU print a message and skip when there is none.
+
+# %%
+import os
+
+FAST = os.environ.get("TINYLORA_FAST") == "1"
+print("TINYLORA_FAST =", int(FAST), "(smoke test)" if FAST else "(full run)")
+
+# %%
+import cProfile
+import pstats
+import subprocess
+import sys
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import tinylora as tl
+from tinylora import bench
+
+tl.manual_seed(0)
+STEPS = 3 if FAST else 15
+WIDTHS = [32, 64] if FAST else [64, 128, 256, 384]
+print("backends available here:", tl.available_backends())
+print("BLAS:", tl.backend.blas_info())
+print("numpy", np.__version__, "| cupy", tl.backend.versions()["cupy"] or "not installed")
+
+# %% [markdown]
+# ## One step, two backends
+#
+# A backend is only the array module underneath: `tl.use_backend("cupy")` makes new tensors
+# CuPy arrays, and every op in `tinylora/functional.py` runs unchanged on them (the code asks
+# the array for its module). The benchmark GPT is built from the same weights on each backend.
+
+# %%
+problem = bench.gpt_problem()
+timings = {}
+for name in ("numpy", "cupy"):
+    if name not in tl.available_backends():
+        print(f"{name}: not available on this machine (no CUDA GPU / CuPy) -- skipped")
+        continue
+    with tl.use_backend(name):
+        for mode, r in (("full", None), ("lora", 8)):
+            step = bench.gpt_tinylora_step(problem, r)
+            timings[(name, mode)] = bench.time_steps(step, STEPS, warmup=2)["median_ms"]
+            print(f"{name:<6} {mode:<5} step: {timings[(name, mode)]:8.1f} ms  ({tl.backend.device_name()})")
+if ("cupy", "full") in timings:
+    print("speed-up of CuPy over NumPy, full step:", round(timings[("numpy", "full")] / timings[("cupy", "full")], 1))
+
+# %% [markdown]
+# ## How the cost grows with width
+#
+# Widen the GPT (n_embd) and time a full fine-tuning step and a LoRA step (r = 8 on q_proj and
+# v_proj). Full fine-tuning computes every weight gradient and updates every weight; LoRA
+# computes the frozen weights' input gradients only, and updates two small matrices per layer.
+
+# %%
+rows = []
+for width in WIDTHS:
+    p = bench.gpt_problem(n_embd=width)
+    full = bench.gpt_tinylora_step(p)
+    lora = bench.gpt_tinylora_step(p, 8)
+    t_full = bench.time_steps(full, STEPS, warmup=2)["median_ms"]
+    t_lora = bench.time_steps(lora, STEPS, warmup=2)["median_ms"]
+    rows.append((width, full.trainable, lora.trainable, t_full, t_lora))
+print(f"{'width':>6} {'full params':>12} {'LoRA params':>12} {'full ms':>9} {'LoRA ms':>9} {'LoRA/full':>9}")
+for w, pf, pl, tf, tl_ in rows:
+    print(f"{w:>6} {pf:>12,} {pl:>12,} {tf:>9.1f} {tl_:>9.1f} {tl_ / tf:>9.2f}")
+
+# %%
+w = [r[0] for r in rows]
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+ax1.plot(w, [r[3] for r in rows], "o-", label="full fine-tuning")
+ax1.plot(w, [r[4] for r in rows], "o-", label="LoRA r=8 (q, v)")
+ax1.set_xlabel("width n_embd")
+ax1.set_ylabel("median step time (ms)")
+ax1.set_title("GPT training step on this CPU")
+ax1.legend()
+ax1.grid(alpha=0.3)
+ax2.plot(w, [r[4] / r[3] for r in rows], "o-", color="C2")
+ax2.set_xlabel("width n_embd")
+ax2.set_ylabel("LoRA step / full step")
+ax2.set_title("what LoRA saves per step")
+ax2.set_ylim(0, 1)
+ax2.grid(alpha=0.3)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Where the time goes
+#
+# Profile a few steps of the benchmark GPT (width 128), full fine-tuning and LoRA, and group
+# the time by what the code is doing: the matrix products of the layers, attention, the
+# elementwise layers (GELU, LayerNorm, cross-entropy), the optimizer, and the bookkeeping of
+# the autograd engine itself. The two columns show what LoRA saves and what it cannot.
+
+# %%
+from pathlib import Path
+
+LABELS = {
+    "linear": "linear layers (matmuls)", "lora_linear": "linear layers (matmuls)",
+    "scaled_dot_product_attention": "attention", "gelu": "GELU", "layer_norm": "LayerNorm",
+    "cross_entropy": "cross-entropy", "embedding": "embedding", "_update": "optimizer (AdamW)",
+}
+REST = "autograd engine, Python and the rest"
+
+
+def owner(file, line):
+    """The top-level function a line belongs to: a backward closure lives inside its op."""
+    for text in reversed(Path(file).read_text().splitlines()[:line]):
+        if text.startswith("def "):
+            return text[4:].split("(")[0]
+    return "?"
+
+
+def breakdown(step):
+    """Milliseconds per step spent in each group of LABELS, measured with cProfile."""
+    step()
+    prof = cProfile.Profile()
+    prof.runcall(lambda: [step() for _ in range(STEPS)])
+    stats = pstats.Stats(prof).stats
+    total = sum(entry[2] for entry in stats.values())  # all the time the profiler saw
+    own = {label: 0.0 for label in LABELS.values()}
+    for (file, line, func), (_, _, _, cumtime, _) in stats.items():
+        name = owner(file, line) if file.endswith("functional.py") else func
+        if name in LABELS and (func == name or func == "backward"):  # an op's forward or its backward
+            own[LABELS[name]] += cumtime
+    own[REST] = total - sum(own.values())
+    return {label: 1000 * t / STEPS for label, t in own.items()}
+
+
+parts = {mode: breakdown(bench.gpt_tinylora_step(problem, r)) for mode, r in (("full", None), ("lora", 8))}
+print(f"{'ms per step':<38} {'full':>7} {'LoRA':>7} {'saved':>7}")
+for label in sorted(parts["full"], key=lambda k: -parts["full"][k]):
+    f, l = parts["full"][label], parts["lora"][label]
+    print(f"{label:<38} {f:7.1f} {l:7.1f} {f - l:7.1f}")
+tf, tl_ = sum(parts["full"].values()), sum(parts["lora"].values())
+print(f"{'total':<38} {tf:7.1f} {tl_:7.1f} {tf - tl_:7.1f}   LoRA/full = {tl_ / tf:.2f}")
+shared = sum(v for k, v in parts["full"].items() if k != LABELS["linear"])
+print(f"share of the full step outside the linear layers: {100 * shared / tf:.0f} %")
+
+# %%
+labels = sorted(parts["full"], key=lambda k: parts["full"][k])
+y = np.arange(len(labels))
+fig, ax = plt.subplots(figsize=(8, 3.8))
+ax.barh(y + 0.2, [parts["full"][k] for k in labels], height=0.4, label="full fine-tuning")
+ax.barh(y - 0.2, [parts["lora"][k] for k in labels], height=0.4, label="LoRA r=8 (q, v)")
+ax.set_yticks(y, labels)
+ax.set_xlabel("ms per step (cProfile)")
+ax.set_title("where the time of a GPT step goes (NumPy, width 128, this CPU)")
+ax.legend()
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Memory that is given back too early
+#
+# A training step allocates and frees the same large arrays every time. By default glibc hands
+# large freed blocks back to the operating system, so the next step has to fault the same
+# memory in again. tinylora asks glibc to keep freed memory (`tl.backend.keep_freed_memory`,
+# on by default); the cell below runs the same steps in two fresh processes, with and without
+# that setting, and counts the page faults.
+
+# %%
+probe = """
+import resource, time, tinylora as tl
+from tinylora import bench
+step = bench.gpt_tinylora_step(bench.gpt_problem())
+for _ in range(2): step()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; t0 = time.perf_counter()
+for _ in range({n}): step()
+dt = (time.perf_counter() - t0) / {n}
+print(round((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / {n}), round(1000 * dt, 1))
+""".format(n=STEPS)
+for keep in ("1", "0"):
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env=dict(os.environ, TINYLORA_KEEP_FREED_MEMORY=keep), check=True)
+    faults, ms = out.stdout.split()
+    print(f"keep freed memory = {keep}: {int(faults):>7,} page faults per step, {float(ms):7.1f} ms per step")
+
+# %% [markdown]
+# ## BLAS threads
+#
+# The matrix products run in the BLAS library under NumPy (OpenBLAS here), which splits each
+# product over its threads. The same probe in fresh processes with one thread and with two:
+
+# %%
+for threads in ("1", "2"):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    print(f"{threads} BLAS thread(s): {float(out.stdout.split()[1]):7.1f} ms per full step")
+
+# %% [markdown]
+# ## PyTorch as a yardstick (optional)
+#
+# If PyTorch happens to be installed, time the same model in PyTorch eager on the same weights.
+# Each library runs in a fresh process of its own (`bench.measure_isolated`), as a user would
+# run it: in one shared process PyTorch's idle worker threads keep spinning after its ops and
+# slow down whatever runs next. The shared machine these outputs come from changes speed in
+# spells of some seconds, so the cell alternates the libraries for three rounds and prints the
+# ratio in each round, and the ratio of the best single steps (the machine at its quietest).
+# tinylora never needs PyTorch.
+
+# %%
+torch = bench.torch_module()
+if torch is None:
+    print("PyTorch is not installed here: skipped")
+else:
+    spec = {"model": "gpt", "width": 128, "r": 8, "backend": "numpy", "steps": STEPS, "warmup": 2}
+    for mode in ("full", "lora"):
+        rounds = []  # alternate the two libraries, so a busy spell of the machine hits both alike
+        for _ in range(1 if FAST else 3):
+            ours, theirs = (bench.measure_isolated(dict(spec, mode=mode, impl=i)) for i in ("tinylora", "pytorch"))
+            rounds.append((ours["median_ms"], theirs["median_ms"], ours["min_ms"], theirs["min_ms"]))
+        r = np.array(rounds)
+        ratios = r[:, 0] / r[:, 1]
+        print(f"{mode:<4} step: tinylora {np.median(r[:, 0]):6.1f} ms, PyTorch {np.median(r[:, 1]):6.1f} ms, "
+              f"ratio {np.median(ratios):.2f} (each round: {', '.join(f'{x:.2f}' for x in ratios)}); "
+              f"best steps {r[:, 2].min():.1f} vs {r[:, 3].min():.1f} ms, ratio {r[:, 2].min() / r[:, 3].min():.2f}")
