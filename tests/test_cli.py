@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tinylora import bases, cli
+from tinylora import bases, bench, cli
 
 DEMO_FILES = {"results.md", "results.json", "samples.txt", "digits_loss.png", "shakespeare_loss.png"}
 
@@ -166,3 +166,33 @@ def test_pretrain_digits_into_a_folder_reproduces_a_loadable_base(tmp_path):
 def test_parser_rejects_bad_widths():
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["bench", "--width", "0"])
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["bench", "--steps", "0"], "--steps: expected an integer >= 1, got 0"),
+        (["bench", "--warmup", "-1"], "--warmup: expected an integer >= 0, got -1"),
+        (["bench", "--lora-r", "0"], "--lora-r: expected an integer >= 1, got 0"),
+        (["bench", "--steps", "many"], "--steps: expected an integer, got 'many'"),
+        (["pretrain", "digits", "--steps", "0"], "--steps: expected an integer >= 1, got 0"),
+    ],
+)
+def test_bad_counts_are_refused_with_what_was_expected(argv, words, capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(argv)
+    assert words in capsys.readouterr().err
+
+
+def test_bench_refuses_widths_that_heads_cannot_split():
+    out = run("bench", "--width", "128,130", "--steps", "1")
+    assert out.returncode != 0
+    assert "multiples of n_head=4" in out.stderr and "128,130" in out.stderr
+    assert "Traceback" not in out.stderr
+    with pytest.raises(ValueError, match="multiples of n_head=4"):
+        bench.run_bench(widths=(130,), steps=1)
+
+
+def test_time_steps_needs_at_least_one_step():
+    with pytest.raises(ValueError, match="steps >= 1"):
+        bench.time_steps(lambda: None, steps=0)

@@ -146,6 +146,14 @@ def test_missing_file_raises_file_not_found_naming_it(tmp_path):
     assert not (tmp_path / "nowhere").exists()  # reading never creates folders
 
 
+def test_saving_onto_a_folder_or_non_numbers_is_refused_clearly(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder; give a file path"):
+        io.save_weights({"a": np.zeros(2, np.float32)}, tmp_path)
+    with pytest.raises(TypeError, match="'a' must be a numeric or boolean array, got dtype <U5"):
+        io.save_weights({"a": np.array(["hello"])}, tmp_path / "w.safetensors")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
 def test_module_save_and_load(tmp_path, backend):
     tl.manual_seed(1)
     src = models.MLP([4, 6, 3])

@@ -208,6 +208,14 @@ def test_save_and_load_a_named_inactive_adapter(tmp_path):
     assert np.array_equal(logits(fresh), logits(model))
 
 
+def test_saving_onto_a_file_is_refused_and_leaves_the_file_alone(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    with pytest.raises(NotADirectoryError, match="exists and is not a folder"):
+        lora.save_adapter(trained(), target)
+    assert target.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_load_with_a_name_adds_a_second_adapter(saved):
     model, directory, _ = saved
     other = fill(lora.apply_lora(tiny_gpt(), LoRAConfig(r=4, target_modules=("q_proj", "k_proj"))), seed=7)

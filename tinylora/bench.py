@@ -28,6 +28,8 @@ LR = 0.01
 
 def time_steps(step, steps: int = 20, warmup: int = 3, sync=None) -> dict:
     """Median and spread of `steps` calls of step() after `warmup` calls, in milliseconds."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"time_steps: need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     sync = sync or B.synchronize
     for _ in range(warmup):
         step()
@@ -481,6 +483,9 @@ def run_bench(
 
     Every row is measured in its own process (see measure_isolated).
     """
+    heads = GPT_SHAPE["n_head"]
+    if any(w % heads for w in widths):
+        raise ValueError(f"GPT widths must be multiples of n_head={heads}, got {list(widths)}")
     torch = torch_module() if compare_torch else None
     if compare_torch and torch is None:
         echo("(--compare-torch: PyTorch is not installed here; pip install torch to compare)")

@@ -53,6 +53,21 @@ def _ints(text: str) -> list:
     return values
 
 
+def _count(minimum: int):
+    """An argparse type for an integer of at least `minimum` (steps, warm-up steps, a rank)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def cmd_demo(args) -> int:
     """Full fine-tuning vs LoRA on the shipped bases; writes a report folder."""
     from .demo import run_demo
@@ -74,7 +89,7 @@ def cmd_bench(args) -> int:
     """Time training steps (MLP, GPT; full and LoRA) per backend, optionally against PyTorch."""
     import json
 
-    from .bench import run_bench
+    from .bench import GPT_SHAPE, run_bench
 
     quiet = (lambda *a, **k: None) if args.json else print
     available = B.available_backends()
@@ -83,6 +98,11 @@ def cmd_bench(args) -> int:
         raise SystemExit(
             f"tinylora bench: backend {', '.join(missing)} is not available here (available: {', '.join(available)}); "
             f"for cupy: {B.INSTALL_HINT}"
+        )
+    if any(w % GPT_SHAPE["n_head"] for w in args.width):
+        raise SystemExit(
+            f"tinylora bench: --width {','.join(map(str, args.width))}: GPT widths must be multiples "
+            f"of n_head={GPT_SHAPE['n_head']} (e.g. 128,256,512)"
         )
     report = run_bench(
         backends=args.backend,
@@ -138,9 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time training steps: MLP and GPT, full vs LoRA, per backend")
     p.add_argument("--backend", type=_backends, default=["numpy"], help="comma-separated: numpy,cupy")
     p.add_argument("--width", type=_ints, default=[128], help="GPT widths (n_embd), e.g. 128,256,512")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per configuration (after warm-up)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (on q_proj, v_proj)")
+    p.add_argument(
+        "--steps", type=_count(1), default=20, help="timed steps per configuration (after warm-up)"
+    )
+    p.add_argument("--warmup", type=_count(0), default=3)
+    p.add_argument("--lora-r", type=_count(1), default=8, help="LoRA rank (on q_proj, v_proj)")
     p.add_argument(
         "--compare-torch", action="store_true", help="also time PyTorch (if installed) and print ratios"
     )
@@ -153,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train a shipped base again: digits or shakespeare")
     p.add_argument("name", choices=["digits", "shakespeare"])
     p.add_argument("--out", default=None, help="folder to write to (default: tinylora/assets/)")
-    p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    p.add_argument("--steps", type=_count(1), default=None, help="override the recipe's number of steps")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pretrain)
     return parser

@@ -66,8 +66,16 @@ def save_weights(tensors: dict, path, metadata: dict | None = None) -> Path:
     arrays = {}
     for name, value in tensors.items():
         arrays[name] = np.ascontiguousarray(B.to_numpy(value.data if isinstance(value, Tensor) else value))
+        if arrays[name].dtype.kind not in "biuf":
+            raise TypeError(
+                f"save_weights: {name!r} must be a numeric or boolean array, got dtype {arrays[name].dtype}"
+            )
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"save_weights: {str(path)!r} is a folder; give a file path such as model.safetensors"
+        )
     with atomic_path(path, suffix=".safetensors") as tmp:
         st_numpy.save_file(arrays, str(tmp), metadata=meta or None)
     return path

@@ -111,6 +111,10 @@ def save_adapter(model: Module, directory, adapter_name: str | None = None) -> d
         tensors[f"{path}.lora_B.weight"] = ad.lora_B.data
     tensors.update({n: p.data for n, p in extras.items()})
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(
+            f"save_adapter: {str(directory)!r} exists and is not a folder; give a folder path"
+        )
     weights_path = directory / WEIGHTS_NAME
     # both files are written to temporaries first and renamed over the old ones only when
     # both are complete: a failure part-way leaves an existing adapter loadable
