@@ -592,12 +592,12 @@ def _softmax_rows(s):
     xp = B.module_of(s)
     s -= s.max(axis=-1, keepdims=True)
     xp.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)
+    s /= sum_last(s)  # row sums as one matrix-vector product: much faster than .sum(axis=-1) here
 
 
 def _softmax_rows_backward(gp, p):
     """gp <- p * (gp - sum(gp * p)): the softmax backward, in place on the incoming gradient."""
-    gp -= (gp * p).sum(axis=-1, keepdims=True)
+    gp -= sum_last(gp * p)
     gp *= p
 
 
