@@ -132,11 +132,17 @@ BENCH_ROW_FIELDS = {
 
 
 def test_bench_json_has_the_documented_fields():
-    out = run("bench", "--json", "--steps", "2", "--warmup", "1", "--width", "32,64")
+    out = run("bench", "--json", "--steps", "2", "--warmup", "1", "--width", "32,64", "--rounds", "2")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert set(report) == {"machine", "config", "results", "ratios"}
+    assert report["config"]["rounds"] == 2
     rows = report["results"]
+    for r in rows:  # each row: the round with the median time, and both rounds' medians
+        assert len(r["rounds_median_ms"]) == 2 and r["median_ms"] in r["rounds_median_ms"]
+        assert r["min_ms"] <= min(r["rounds_median_ms"])
+    for r in report["ratios"]:  # each ratio: the median of the ratios measured within each round
+        assert len(r["rounds"]) == 2 and r["ratio"] == pytest.approx(sum(r["rounds"]) / 2)
     assert all(BENCH_ROW_FIELDS <= set(r) for r in rows)
     gpt = [r for r in rows if r["model"] == "gpt" and r["impl"] == "tinylora"]
     assert {(r["mode"], r["width"]) for r in gpt} == {("full", 32), ("lora", 32), ("full", 64), ("lora", 64)}
@@ -151,7 +157,7 @@ def test_bench_json_has_the_documented_fields():
 
 
 def test_bench_table_prints_ratios():
-    out = run("bench", "--steps", "1", "--warmup", "0", "--width", "32")
+    out = run("bench", "--steps", "1", "--warmup", "0", "--width", "32", "--rounds", "1")
     assert out.returncode == 0, out.stderr
     assert "tinylora / floor" in out.stdout and "LoRA / full (tinylora)" in out.stdout
 

@@ -477,15 +477,20 @@ def run_bench(
     compare_torch: bool = False,
     peers: bool = False,
     lora_r: int = 8,
+    rounds: int = 1,
     echo=print,
 ) -> dict:
     """Time MLP and GPT training steps (full and LoRA) on each backend; optionally PyTorch and peers.
 
-    Every row is measured in its own process (see measure_isolated).
+    Every row is measured in its own process (see measure_isolated). With rounds > 1 all rows
+    are measured again in each round, so a busy spell of a shared machine hits every row alike:
+    a row reports the median of its rounds, a ratio the median of its within-round ratios.
     """
     heads = GPT_SHAPE["n_head"]
     if any(w % heads for w in widths):
         raise ValueError(f"GPT widths must be multiples of n_head={heads}, got {list(widths)}")
+    if rounds < 1:
+        raise ValueError(f"run_bench: rounds must be >= 1, got {rounds}")
     torch = torch_module() if compare_torch else None
     if compare_torch and torch is None:
         echo("(--compare-torch: PyTorch is not installed here; pip install torch to compare)")
@@ -499,25 +504,31 @@ def run_bench(
             for mode in ("full", "lora"):
                 for impl in ["tinylora"] + (["pytorch"] if torch else []):
                     specs.append(dict(base, model="gpt", mode=mode, width=width, impl=impl, r=lora_r))
-    results = []
-    for spec in specs:
-        try:
-            row = measure_isolated(spec)
-        except RuntimeError as e:
-            if spec["impl"] not in PEERS:
-                raise
-            echo(f"  ({spec['impl']} skipped: {e})")  # optional peers: report and go on
-            continue
-        results.append(row)
-        echo(
-            f"  {row['model']:<4} {row['mode']:<5} w={row['width']:<4} {row['impl']:<9} {row['backend']:<6} "
-            f"{row['median_ms']:9.2f} ms (p10 {row['p10_ms']:.2f}, p90 {row['p90_ms']:.2f})"
-        )
+    per_round = []
+    for n in range(rounds):
+        results = []
+        for spec in list(specs):
+            try:
+                row = measure_isolated(spec)
+            except RuntimeError as e:
+                if spec["impl"] not in PEERS:
+                    raise
+                echo(f"  ({spec['impl']} skipped: {e})")  # optional peers: report and go on
+                specs.remove(spec)
+                continue
+            results.append(row)
+            echo(
+                f"  {f'round {n + 1}/{rounds}  ' if rounds > 1 else ''}{row['model']:<4} {row['mode']:<5} "
+                f"w={row['width']:<4} {row['impl']:<9} {row['backend']:<6} {row['median_ms']:9.2f} ms "
+                f"(p10 {row['p10_ms']:.2f}, p90 {row['p90_ms']:.2f})"
+            )
+        per_round.append(results)
     return {
         "machine": machine_info(torch),
         "config": {
             "steps": steps,
             "warmup": warmup,
+            "rounds": rounds,
             "lora_r": lora_r,
             "mlp_sizes": list(MLP_SIZES),
             "mlp_batch": MLP_BATCH,
@@ -525,9 +536,40 @@ def run_bench(
             "gpt_batch": GPT_BATCH,
             "isolated": True,
         },
-        "results": results,
-        "ratios": ratios(results),
+        "results": _median_rows(per_round),
+        "ratios": _median_ratios([ratios(results) for results in per_round]),
     }
+
+
+def _row_key(row: dict) -> tuple:
+    return row["model"], row["mode"], row["backend"], row["width"], row["impl"]
+
+
+def _median_rows(per_round: list) -> list:
+    """One row per configuration: the round with the median time, plus every round's median."""
+    out = []
+    for first in per_round[0]:
+        runs = sorted(
+            (r for rs in per_round for r in rs if _row_key(r) == _row_key(first)),
+            key=lambda r: r["median_ms"],
+        )
+        row = dict(runs[(len(runs) - 1) // 2])
+        row["rounds_median_ms"] = [
+            r["median_ms"] for rs in per_round for r in rs if _row_key(r) == _row_key(first)
+        ]
+        row["min_ms"] = min(r["min_ms"] for r in runs)
+        out.append(row)
+    return out
+
+
+def _median_ratios(per_round: list) -> list:
+    """Each ratio as the median of its values in the rounds (each measured within one round)."""
+    key = lambda r: (r["what"], r["model"], r["mode"], r["backend"], r["width"])
+    out = []
+    for first in per_round[0]:
+        values = [r["ratio"] for rs in per_round for r in rs if key(r) == key(first)]
+        out.append(dict(first, ratio=statistics.median(values), rounds=values))
+    return out
 
 
 def ratios(results: list) -> list:

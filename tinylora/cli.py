@@ -112,15 +112,18 @@ def cmd_bench(args) -> int:
         compare_torch=args.compare_torch,
         peers=args.peers,
         lora_r=args.lora_r,
+        rounds=args.rounds,
         echo=quiet,
     )
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print("\nratios (measured side by side in this run):")
+        print(f"\nratios (measured side by side; median over {args.rounds} round(s)):")
         for r in report["ratios"]:
+            each = f"  (rounds: {', '.join(f'{v:.2f}' for v in r['rounds'])})" if args.rounds > 1 else ""
             print(
-                f"  {r['what']:<26} {r['model']:<4} {r['mode']:<5} w={r['width']:<4} {r['backend']:<6} {r['ratio']:.2f}"
+                f"  {r['what']:<26} {r['model']:<4} {r['mode']:<5} w={r['width']:<4} {r['backend']:<6} "
+                f"{r['ratio']:.2f}{each}"
             )
     return 0
 
@@ -159,10 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", type=_backends, default=["numpy"], help="comma-separated: numpy,cupy")
     p.add_argument("--width", type=_ints, default=[128], help="GPT widths (n_embd), e.g. 128,256,512")
     p.add_argument(
-        "--steps", type=_count(1), default=20, help="timed steps per configuration (after warm-up)"
+        "--steps", type=_count(1), default=10, help="timed steps per configuration (after warm-up)"
     )
     p.add_argument("--warmup", type=_count(0), default=3)
     p.add_argument("--lora-r", type=_count(1), default=8, help="LoRA rank (on q_proj, v_proj)")
+    p.add_argument(
+        "--rounds",
+        type=_count(1),
+        default=3,
+        help="measure every row this many times, alternating (default 3)",
+    )
     p.add_argument(
         "--compare-torch", action="store_true", help="also time PyTorch (if installed) and print ratios"
     )
