@@ -175,12 +175,12 @@ def gelu(x, approximate: str = "tanh") -> Tensor:
     a = x.data
     xp = _xp(x)
     if approximate == "tanh":
-        t, out = xp.empty_like(a), xp.empty_like(a)
-        _gelu_tanh_forward(a, t, out)  # t = tanh(c (x + k x^3)), out = 0.5 x (1 + t)
+        p, out = xp.empty_like(a), xp.empty_like(a)
+        _gelu_tanh_forward(a, p, out)  # p = 0.5 (1 + tanh(u)), u = s (x + k x^3); out = x p
 
-        def backward(g):  # d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3k x^2)
+        def backward(g):  # d/dx = p + x p' = p + 2 x p (1 - p) s (1 + 3k x^2)
             d = xp.empty_like(a)
-            _gelu_tanh_backward(a, t, g, d)
+            _gelu_tanh_backward(a, p, g, d)
             return (d,)
 
     elif approximate == "none":
@@ -196,34 +196,30 @@ def gelu(x, approximate: str = "tanh") -> Tensor:
     return Tensor._node(out.astype(a.dtype, copy=False), "gelu", (x,), backward)
 
 
-def _gelu_tanh_forward(a, t, out):
-    """Fill t = tanh(c (a + k a^3)) and out = 0.5 a (1 + t) (never a**3: numpy's pow is ~300x slower)."""
+def _gelu_tanh_forward(a, p, out):
+    """Fill p = 0.5 (1 + tanh(s (a + k a^3))) and out = a p (never a**3: numpy's pow is ~300x slower)."""
     xp = B.module_of(a)
-    xp.multiply(a, a, out=t)
-    t *= _GELU_C
-    t += 1
-    t *= a
-    t *= _SQRT_2_OVER_PI
-    xp.tanh(t, out=t)
-    xp.add(t, 1, out=out)
-    out *= a
-    out *= 0.5
+    xp.multiply(a, a, out=p)
+    p *= _SQRT_2_OVER_PI * _GELU_C
+    p += _SQRT_2_OVER_PI
+    p *= a  # u = s a + s k a^3
+    xp.tanh(p, out=p)
+    p *= 0.5
+    p += 0.5
+    xp.multiply(a, p, out=out)
 
 
-def _gelu_tanh_backward(a, t, g, d):
-    """Fill d = g * (0.5 (1 + t) + 0.5 a (1 - t^2) c (1 + 3k a^2))."""
+def _gelu_tanh_backward(a, p, g, d):
+    """Fill d = g (p + 2 a p (1 - p) s (1 + 3k a^2)); 1 - tanh^2 = 4 p (1 - p)."""
     xp = B.module_of(a)
-    xp.multiply(t, t, out=d)
-    xp.subtract(1, d, out=d)  # 1 - t^2
+    xp.subtract(1, p, out=d)
+    d *= p
     d *= a
     w = a * a
-    w *= 3 * _GELU_C
-    w += 1
+    w *= 6 * _GELU_C * _SQRT_2_OVER_PI
+    w += 2 * _SQRT_2_OVER_PI
     d *= w
-    d *= 0.5 * _SQRT_2_OVER_PI
-    xp.add(t, 1, out=w)
-    w *= 0.5
-    d += w
+    d += p
     d *= g
 
 
