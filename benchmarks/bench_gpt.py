@@ -10,7 +10,8 @@ otherwise steal a core from the next library's BLAS threads). Rounds are interle
 machine noise hits every variant alike; each time is the median over rounds, and each ratio
 the median over rounds of the ratio within a round. A shared VM changes speed in spells of
 seconds (both libraries slow down then, tinylora more), so the best single step of each
-variant, the machine at its quietest, is shown beside the median. --profile prints where tinylora's time goes (cProfile, by function).
+variant, the machine at its quietest, is shown beside the median. --profile prints where
+tinylora's time goes (cProfile, by function).
 """
 
 import argparse

@@ -469,6 +469,15 @@ def measure_isolated(spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def check_widths(widths) -> None:
+    """Refuse GPT widths that the benchmark's heads cannot split evenly."""
+    heads = GPT_SHAPE["n_head"]
+    if any(w % heads for w in widths):
+        raise ValueError(
+            f"GPT widths must be multiples of n_head={heads} (e.g. 128,256,512), got {','.join(map(str, widths))}"
+        )
+
+
 def run_bench(
     backends=("numpy",),
     widths=(128,),
@@ -486,9 +495,7 @@ def run_bench(
     are measured again in each round, so a busy spell of a shared machine hits every row alike:
     a row reports the median of its rounds, a ratio the median of its within-round ratios.
     """
-    heads = GPT_SHAPE["n_head"]
-    if any(w % heads for w in widths):
-        raise ValueError(f"GPT widths must be multiples of n_head={heads}, got {list(widths)}")
+    check_widths(widths)
     if rounds < 1:
         raise ValueError(f"run_bench: rounds must be >= 1, got {rounds}")
     torch = torch_module() if compare_torch else None
@@ -549,14 +556,9 @@ def _median_rows(per_round: list) -> list:
     """One row per configuration: the round with the median time, plus every round's median."""
     out = []
     for first in per_round[0]:
-        runs = sorted(
-            (r for rs in per_round for r in rs if _row_key(r) == _row_key(first)),
-            key=lambda r: r["median_ms"],
-        )
-        row = dict(runs[(len(runs) - 1) // 2])
-        row["rounds_median_ms"] = [
-            r["median_ms"] for rs in per_round for r in rs if _row_key(r) == _row_key(first)
-        ]
+        runs = [r for rs in per_round for r in rs if _row_key(r) == _row_key(first)]  # in round order
+        row = dict(sorted(runs, key=lambda r: r["median_ms"])[(len(runs) - 1) // 2])
+        row["rounds_median_ms"] = [r["median_ms"] for r in runs]
         row["min_ms"] = min(r["min_ms"] for r in runs)
         out.append(row)
     return out

@@ -89,7 +89,7 @@ def cmd_bench(args) -> int:
     """Time training steps (MLP, GPT; full and LoRA) per backend, optionally against PyTorch."""
     import json
 
-    from .bench import GPT_SHAPE, run_bench
+    from .bench import check_widths, run_bench
 
     quiet = (lambda *a, **k: None) if args.json else print
     available = B.available_backends()
@@ -99,11 +99,10 @@ def cmd_bench(args) -> int:
             f"tinylora bench: backend {', '.join(missing)} is not available here (available: {', '.join(available)}); "
             f"for cupy: {B.INSTALL_HINT}"
         )
-    if any(w % GPT_SHAPE["n_head"] for w in args.width):
-        raise SystemExit(
-            f"tinylora bench: --width {','.join(map(str, args.width))}: GPT widths must be multiples "
-            f"of n_head={GPT_SHAPE['n_head']} (e.g. 128,256,512)"
-        )
+    try:
+        check_widths(args.width)
+    except ValueError as e:
+        raise SystemExit(f"tinylora bench: --width: {e}") from None
     report = run_bench(
         backends=args.backend,
         widths=args.width,

@@ -577,10 +577,10 @@ def _matmul_like(a, b, like):
     q, k and v are usually views of a (B, T, H, D) projection; results laid out the same way
     turn back into (B, T, C) without a copy.
     """
-    shape = (*a.shape[:-1], b.shape[-1])
-    if a.shape[:-2] != b.shape[:-2] or like.shape != shape:
+    if a.shape[:-2] != b.shape[:-2] or like.shape != (*a.shape[:-1], b.shape[-1]):
         return a @ b
-    return B.module_of(a).matmul(a, b, out=B.module_of(a).empty_like(like))
+    xp = B.module_of(a)
+    return xp.matmul(a, b, out=xp.empty_like(like))
 
 
 def _softmax_rows(s):
