@@ -1,6 +1,7 @@
 """Property tests for tinylora.functional: gradients (float64, central differences) and values."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -109,6 +110,10 @@ def test_gelu(approximate, a):
     else:
         expected = 0.5 * a * (1 + np.tanh(math.sqrt(2 / math.pi) * (a + 0.044715 * a**3)))
     np.testing.assert_allclose(tl.to_numpy(F.gelu(leaf(a), approximate)), expected, rtol=1e-12, atol=1e-15)
+    with_grad = F.gelu(leaf(a), approximate).data
+    with tl.no_grad():  # the tanh form skips its derivative here: the values must not change
+        np.testing.assert_array_equal(F.gelu(leaf(a), approximate).data, with_grad)
+    np.testing.assert_array_equal(F.gelu(leaf(a, False), approximate).data, with_grad)
 
 
 @given(a=arrays(hnp.array_shapes(max_dims=3, max_side=3), elements=st.floats(-8, 8, width=64)))
@@ -266,6 +271,27 @@ def test_attention_with_key_padding_mask(case, data):
     )
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_causal_attention_survives_a_past_score_far_above_the_own_one(dtype):
+    """Causal rows are shifted by each query's own score; a row where exp(gap) overflows is redone."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 2, 4, 3)) for _ in range(3))
+    q[0, 1, 2], k[0, 1, 0], k[0, 1, 2] = [40, 0, 0], [45, 0, 0], [-40, 0, 0]  # gap ~ 1960 > log(max float)
+    f = lambda *a: F.scaled_dot_product_attention(*(tl.Tensor(x.astype(dtype)) for x in a), causal=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning escapes
+        out = f(q, k, v).data
+    expected = reference_attention(q, k, v, True)
+    assert (
+        np.isfinite(out).all() and np.abs(expected[0, 1, 2] - v[0, 1, 0]).max() < 1e-12
+    )  # the row is saturated
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+    # each row depends on itself alone: the other batch item is bit-identical on its own
+    np.testing.assert_array_equal(f(q[1:], k[1:], v[1:]).data[0], out[1])
+    assert check_grad(lambda *a: F.scaled_dot_product_attention(*a, causal=True), leaf(q), leaf(k), leaf(v))
+
+
 @st.composite
 def lora_case(draw):
     lead = draw(batch_shapes)
@@ -297,6 +323,22 @@ def test_lora_linear(case, use_bias, separate_input):
     adapter_in = xa if separate_input else x
     expected = x @ w.T + (b if use_bias else 0) + (adapter_in @ a.T @ bm.T) * s
     np.testing.assert_allclose(tl.to_numpy(out), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_lora_linear_with_and_without_folding_b_a_into_w(rows):
+    """Fewer than in*out/(in+out) = 4 rows: two thin products; more: y = x (W + s B A)^T."""
+    rng = np.random.default_rng(rows)
+    x, w, b, a, bm = (rng.standard_normal(s) for s in ((rows, 8), (8, 8), (8,), (2, 8), (8, 2)))
+    f = lambda x_, w_, b_, a_, bm_: F.lora_linear(x_, w_, b_, a_, bm_, 1.5)
+    out = f(*map(leaf, (x, w, b, a, bm)))
+    np.testing.assert_allclose(out.data, x @ w.T + b + (x @ a.T @ bm.T) * 1.5, rtol=1e-12, atol=1e-12)
+    assert check_grad(f, *map(leaf, (x, w, b, a, bm)))
+    frozen = leaf(w, requires_grad=False)
+    xs, As, Bs = leaf(x), leaf(a), leaf(bm)
+    (f(xs, frozen, None, As, Bs) * tl.Tensor(np.ones((rows, 8)))).sum().backward()
+    np.testing.assert_allclose(xs.grad, np.ones((rows, 8)) @ (w + 1.5 * bm @ a), rtol=1e-12)
+    np.testing.assert_array_equal(frozen.data, w)  # the fold never writes into W
 
 
 def test_lora_linear_shape_errors():

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from . import backend as B
-from .tensor import Tensor
+from .tensor import Tensor, is_grad_enabled
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
@@ -128,12 +128,17 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None)
     xa = x if x_adapter is None else _t(x_adapter)
     x2 = _flat_rows(x.data, n_in)  # (N, in)
     xa2 = x2 if xa is x else _flat_rows(xa.data, n_in)  # (N, in)
-    y = x2 @ weight.data.T  # (N, out), the frozen path
-    if bias is not None:
-        y += bias.data
     h = xa2 @ A.data.T  # (N, r): the input projected onto the adapter's r directions
     h *= scaling
-    y += h @ Bm.data.T  # (N, out): + s * B A x
+    # With one input and more rows than W has entries per (in + out), folding s B A into W costs
+    # fewer flops than the two thin products: y = x (W + s B A)^T, and gx = g (W + s B A) below.
+    fold = xa is x and x2.shape[0] * (n_in + n_out) > n_in * n_out
+    w = weight.data + Bm.data @ (A.data * scaling) if fold else weight.data  # (out, in)
+    y = x2 @ w.T  # (N, out)
+    if not fold:
+        y += h @ Bm.data.T  # (N, out): + s * B A x
+    if bias is not None:
+        y += bias.data
     out = y.reshape(*x.shape[:-1], n_out)
 
     def backward(g):  # g (..., out)
@@ -146,8 +151,8 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None)
         gA = gh.T @ xa2 if A.requires_grad else None  # (r, in)
         gx = gxa = None
         if x.requires_grad:
-            gx = g2 @ weight.data  # (N, in)
-            if xa is x:
+            gx = g2 @ w  # (N, in)
+            if xa is x and not fold:
                 gx += gh @ A.data
             gx = gx.reshape(x.data.shape)
         if xa is not x and xa.requires_grad:
@@ -175,13 +180,10 @@ def gelu(x, approximate: str = "tanh") -> Tensor:
     a = x.data
     xp = _xp(x)
     if approximate == "tanh":
-        p, out = xp.empty_like(a), xp.empty_like(a)
-        _gelu_tanh_forward(a, p, out)  # p = 0.5 (1 + tanh(u)), u = s (x + k x^3); out = x p
+        out, d = _gelu_tanh(a, x.requires_grad and is_grad_enabled())
 
-        def backward(g):  # d/dx = p + x p' = p + 2 x p (1 - p) s (1 + 3k x^2)
-            d = xp.empty_like(a)
-            _gelu_tanh_backward(a, p, g, d)
-            return (d,)
+        def backward(g):  # d = gelu'(x), left behind by the forward
+            return (g * d,)
 
     elif approximate == "none":
         cdf = 0.5 * (1 + B.erf(a * (1 / math.sqrt(2.0))))
@@ -196,31 +198,31 @@ def gelu(x, approximate: str = "tanh") -> Tensor:
     return Tensor._node(out.astype(a.dtype, copy=False), "gelu", (x,), backward)
 
 
-def _gelu_tanh_forward(a, p, out):
-    """Fill p = 0.5 (1 + tanh(s (a + k a^3))) and out = a p (never a**3: numpy's pow is ~300x slower)."""
+def _gelu_tanh(a, grad: bool) -> tuple:
+    """out = a p, p = (1 + tanh(u)) / 2, u = s (a + k a^3); and d(out)/da when grad, else None.
+
+    d/da = p + a dp/da = p + 2 a p (1 - p) s (1 + 3k a^2), since 1 - tanh^2 = 4 p (1 - p).
+    The forward leaves the derivative behind, so the backward is one product. Written pass by
+    pass into a few buffers (and never a**3: numpy's pow is ~300x slower than two products).
+    """
     xp = B.module_of(a)
-    xp.multiply(a, a, out=p)
-    p *= _SQRT_2_OVER_PI * _GELU_C
+    a2 = a * a
+    p = a2 * (_SQRT_2_OVER_PI * _GELU_C)
     p += _SQRT_2_OVER_PI
-    p *= a  # u = s a + s k a^3
+    p *= a  # u
     xp.tanh(p, out=p)
     p *= 0.5
     p += 0.5
-    xp.multiply(a, p, out=out)
-
-
-def _gelu_tanh_backward(a, p, g, d):
-    """Fill d = g (p + 2 a p (1 - p) s (1 + 3k a^2)); 1 - tanh^2 = 4 p (1 - p)."""
-    xp = B.module_of(a)
-    xp.subtract(1, p, out=d)
-    d *= p
-    d *= a
-    w = a * a
-    w *= 6 * _GELU_C * _SQRT_2_OVER_PI
-    w += 2 * _SQRT_2_OVER_PI
-    d *= w
+    out = a * p
+    if not grad:
+        return out, None
+    d = xp.subtract(1, p, dtype=p.dtype)
+    d *= out  # a p (1 - p)
+    a2 *= 6 * _GELU_C * _SQRT_2_OVER_PI
+    a2 += 2 * _SQRT_2_OVER_PI  # 2 s (1 + 3k a^2)
+    d *= a2
     d += p
-    d *= g
+    return out, d
 
 
 def silu(x) -> Tensor:
@@ -372,9 +374,8 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
         gxhat = g * weight.data if weight is not None else g
         gx = gw = gb = None
         if x.requires_grad:  # dx = rstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
-            gx = xhat * sum_last(gxhat * xhat)
-            gx += sum_last(gxhat)
-            gx *= -1.0 / d
+            gx = xhat * (sum_last(gxhat * xhat) * (-1.0 / d))  # scale the (..., 1) means, not (..., D)
+            gx -= sum_last(gxhat) * (1.0 / d)
             gx += gxhat
             gx *= rstd
         if weight is not None and weight.requires_grad:
@@ -465,17 +466,18 @@ def dropout(x, p: float = 0.5, training: bool = True) -> Tensor:
 _causal_cache: dict = {}
 
 
-def _future(tq: int, tk: int, xp):
-    """Boolean (tq, tk) mask, True where a query would see a key in its future.
+def _causal_bias(tq: int, tk: int, dtype, xp):
+    """(tq, tk) scores to add: 0 where a query may see a key, -inf where the key is in its future.
 
-    Queries are the last tq positions of the tk keys (so it also serves a KV cache).
+    Queries are the last tq positions of the tk keys (so it also serves a KV cache). Adding it
+    is one pass, cheaper than a masked copy.
     """
-    key = (tq, tk, xp.__name__)
+    key = (tq, tk, np.dtype(dtype).str, xp.__name__)
     if key not in _causal_cache:
         if len(_causal_cache) > 64:
             _causal_cache.clear()
-        q_pos = xp.arange(tk - tq, tk)[:, None]
-        _causal_cache[key] = xp.arange(tk)[None, :] > q_pos
+        future = xp.arange(tk)[None, :] > xp.arange(tk - tq, tk)[:, None]
+        _causal_cache[key] = xp.where(future, -xp.inf, 0).astype(dtype)
     return _causal_cache[key]
 
 
@@ -526,9 +528,8 @@ def scaled_dot_product_attention(
     s = qs @ xp.ascontiguousarray(
         kd.swapaxes(-1, -2)
     )  # (..., Tq, Tk) = q k^T / sqrt(D); BLAS likes k^T laid out
-    neg = xp.finfo(s.dtype).min
     if causal:
-        xp.copyto(s, neg, where=_future(tq, tk, xp))
+        s += _causal_bias(tq, tk, s.dtype, xp)
     if mask is not None:
         allowed = mask.data if isinstance(mask, Tensor) else B.asarray(mask, backend=q.backend)
         if groups > 1 and allowed.ndim >= 3:
@@ -537,9 +538,10 @@ def scaled_dot_product_attention(
                 if allowed.shape[-3] == 1
                 else allowed.reshape(*allowed.shape[:-3], -1, groups, *allowed.shape[-2:])
             )
-        xp.copyto(s, neg, where=~allowed.astype(bool))
-    _softmax_rows(s)
-    p = s  # attention weights (..., Tq, Tk)
+        xp.copyto(s, xp.finfo(s.dtype).min, where=~allowed.astype(bool))
+    # causal without a mask: each query may always see its own position, tk - tq + i
+    own = xp.diagonal(s, tk - tq, -2, -1)[..., None] if causal and mask is None else None  # (..., Tq, 1)
+    p = _softmax_rows(s, own)  # attention weights (..., Tq, Tk)
     drop = None
     if dropout_p > 0.0 and training:
         drop = (B.rng(q.backend).random(p.shape, dtype=np.float32) >= dropout_p).astype(p.dtype) / (
@@ -583,12 +585,31 @@ def _matmul_like(a, b, like):
     return xp.matmul(a, b, out=xp.empty_like(like))
 
 
-def _softmax_rows(s):
-    """Softmax over the last axis, in place (shifted by the row max so exp never overflows)."""
+def _softmax_rows(s, own=None):
+    """Softmax over the last axis of scores s (..., Tk), shifted so that exp cannot overflow.
+
+    The shift is each row's max (in place on s), or `own` (..., 1): a score the row is sure to
+    contain, such as a query's score with its own position. That saves the max over short
+    rows, which is slow, and each row still sums to at least exp(0) = 1; a row where some score
+    exceeds its own by enough to overflow exp is redone with its max. Either way a row's result
+    depends on that row alone.
+    """
     xp = B.module_of(s)
-    s -= s.max(axis=-1, keepdims=True)
-    xp.exp(s, out=s)
-    s /= sum_last(s)  # row sums as one matrix-vector product: much faster than .sum(axis=-1) here
+    if own is None:
+        s -= s.max(axis=-1, keepdims=True)
+        xp.exp(s, out=s)
+        s /= sum_last(s)  # row sums as one matrix-vector product: much faster than .sum(axis=-1) here
+        return s
+    e = s - own
+    with np.errstate(over="ignore"):
+        xp.exp(e, out=e)
+    total = sum_last(e)  # (..., 1)
+    bad = ~xp.isfinite(total[..., 0])
+    if bad.any():
+        e[bad] = _softmax_rows(s[bad])
+        total[bad] = 1
+    e /= total
+    return e
 
 
 def _softmax_rows_backward(gp, p):
