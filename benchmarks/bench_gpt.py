@@ -10,8 +10,10 @@ otherwise steal a core from the next library's BLAS threads). Rounds are interle
 machine noise hits every variant alike; each time is the median over rounds, and each ratio
 the median over rounds of the ratio within a round. A shared VM changes speed in spells of
 seconds (both libraries slow down then, tinylora more), so the best single step of each
-variant, the machine at its quietest, is shown beside the median. --profile prints where
-tinylora's time goes (cProfile, by function).
+variant, the machine at its quietest, is shown beside the median. "tinylora floor" trains
+only the q_proj and v_proj biases: LoRA's backward with adapters that cost nothing, the
+least a LoRA step on q and v could take. --profile prints where tinylora's time goes
+(cProfile, by function).
 """
 
 import argparse
@@ -27,7 +29,7 @@ def measure(impl: str, r, width: int, steps: int) -> dict:
     """Step times (median_ms, min_ms, ...) of one variant, measured in a fresh process."""
     spec = {
         "model": "gpt",
-        "mode": "lora" if r else "full",
+        "mode": "floor" if r == "floor" else "lora" if r else "full",
         "impl": impl,
         "r": r,
         "width": width,
@@ -49,6 +51,7 @@ def main():
     torch = bench.torch_module()
     print(bench.machine_info(torch))
     variants = {"tinylora full": ("tinylora", None), "tinylora lora": ("tinylora", args.lora_r)}
+    variants["tinylora floor"] = ("tinylora", "floor")  # LoRA's backward with free adapters
     if torch is not None:
         variants.update({"pytorch full": ("pytorch", None), "pytorch lora": ("pytorch", args.lora_r)})
     rounds = {k: [] for k in variants}
@@ -73,6 +76,7 @@ def main():
         print(f"  tinylora / pytorch, LoRA: {ratio('tinylora lora', 'pytorch lora')}")
         print(f"  LoRA / full, pytorch:     {ratio('pytorch lora', 'pytorch full')}")
     print(f"  LoRA / full, tinylora:    {ratio('tinylora lora', 'tinylora full')}")
+    print(f"  floor / full, tinylora:   {ratio('tinylora floor', 'tinylora full')}")
     if args.profile:
         problem = bench.gpt_problem(n_embd=args.width)
         for name, r in (("tinylora full", None), ("tinylora lora", args.lora_r)):

@@ -73,3 +73,14 @@ def test_measure_runs_a_spec_in_its_own_process_and_reports_failures():
     assert row["impl"] == "floor" and row["steps"] == 2 and 0 < row["min_ms"] <= row["median_ms"]
     with pytest.raises(RuntimeError, match="benchmark nonsense mlp failed"):
         bench.measure_isolated(dict(spec, impl="nonsense"))
+
+
+def test_the_gpt_floor_step_trains_only_the_q_and_v_biases():
+    step = bench.make_step({"model": "gpt", "impl": "tinylora", "mode": "floor", "width": 16})
+    n_layer = bench.GPT_SHAPE["n_layer"]
+    assert step.trainable == 2 * n_layer * 16  # q_proj.bias and v_proj.bias of every block
+    params = [p for g in step.optimizer.param_groups for p in g["params"]]
+    before = [p.numpy().copy() for p in params]
+    step()
+    changed = [p for p, b in zip(params, before) if not np.array_equal(p.numpy(), b)]
+    assert len(changed) == 2 * n_layer and all(p.ndim == 1 and p.requires_grad for p in changed)

@@ -306,14 +306,21 @@ def gpt_problem(n_embd: int = 128, batch: int = GPT_BATCH, seed: int = 0, **over
     return {"config": shape, "state": state, "x": ids[:, :-1], "y": ids[:, 1:]}
 
 
-def gpt_tinylora_step(problem: dict, lora_r: int | None = None, lr: float = 1e-3):
-    """One AdamW training step of the GPT (full fine-tuning, or LoRA r on q_proj, v_proj)."""
+def gpt_tinylora_step(problem: dict, lora_r: int | None = None, lr: float = 1e-3, floor: bool = False):
+    """One AdamW training step of the GPT (full fine-tuning, or LoRA r on q_proj, v_proj).
+
+    floor=True trains only the biases of q_proj and v_proj: the same backward as LoRA's with
+    adapters that cost nothing, so the least a LoRA step on q and v could take.
+    """
     from .models import GPT, GPTConfig
     from .optim import AdamW
 
     model = GPT(GPTConfig(**problem["config"]))
     model.load_state_dict(problem["state"])
-    if lora_r:
+    if floor:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.endswith(("q_proj.bias", "v_proj.bias")))
+    elif lora_r:
         from . import lora
 
         lora.apply_lora(
@@ -422,7 +429,7 @@ def _memory(step) -> dict:
 
 
 def make_step(spec: dict):
-    """The training step a benchmark spec names: model mlp|gpt|ops, impl, mode full|lora, width, r."""
+    """The training step a benchmark spec names: model mlp|gpt|ops, impl, mode full|lora|floor, width, r."""
     model, impl = spec["model"], spec["impl"]
     if model == "ops":
         return OP_CHAINS[impl](spec.get("n_ops", 1000))
@@ -431,6 +438,8 @@ def make_step(spec: dict):
         makers = {"tinylora": mlp_tinylora_step, "floor": mlp_floor_step, "pytorch": mlp_torch_step, **PEERS}
         return makers[impl](problem)
     problem = gpt_problem(n_embd=spec["width"])
+    if spec["mode"] == "floor":  # tinylora only: see gpt_tinylora_step
+        return gpt_tinylora_step(problem, floor=True)
     r = spec.get("r") if spec["mode"] == "lora" else None
     return (gpt_torch_step if impl == "pytorch" else gpt_tinylora_step)(problem, r)
 
