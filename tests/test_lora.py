@@ -543,6 +543,22 @@ def test_merge_in_float32_stays_close():
     np.testing.assert_allclose(logits(model, ids), a, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("alpha", [16, 3])  # scaling 2 (exact in binary) and 0.375
+def test_merge_folds_exactly_as_a_large_batch_does(alpha):
+    """With many rows lora_linear works with W + s B A summed as merge_lora sums it: bit-identical."""
+    rng = np.random.default_rng(alpha)
+    base = nn.Linear(16, 12)
+    layer = LoRALinear(base, r=8, alpha=alpha)
+    layer.lora_B.data = rng.standard_normal((12, 8)).astype(np.float32)
+    layer.eval()
+    x = tl.Tensor(rng.standard_normal((40, 16)).astype(np.float32))  # 40 * (16 + 12) > 16 * 12: folded
+    few = tl.Tensor(x.numpy()[:2])  # 2 rows: two thin products
+    unmerged, unmerged_few = layer(x).numpy(), layer(few).numpy()
+    layer.merge()
+    np.testing.assert_array_equal(layer(x).numpy(), unmerged)
+    np.testing.assert_allclose(layer(few).numpy(), unmerged_few, rtol=1e-5, atol=1e-5)
+
+
 # ============================================================== choosing targets
 
 

@@ -48,7 +48,7 @@ class Adapter(Module):
 
     def delta(self):
         """scaling * B @ A: the (out, in) change this adapter makes to the weight."""
-        return (self.lora_B.data @ self.lora_A.data) * self.scaling
+        return self.lora_B.data @ (self.lora_A.data * self.scaling)  # as F.lora_linear folds it
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}, dropout={self.dropout}"
