@@ -333,6 +333,8 @@ def test_lora_linear_with_and_without_folding_b_a_into_w(rows):
     f = lambda x_, w_, b_, a_, bm_: F.lora_linear(x_, w_, b_, a_, bm_, 1.5)
     out = f(*map(leaf, (x, w, b, a, bm)))
     np.testing.assert_allclose(out.data, x @ w.T + b + (x @ a.T @ bm.T) * 1.5, rtol=1e-12, atol=1e-12)
+    with tl.no_grad():  # inference skips what only the backward needs: same values
+        np.testing.assert_array_equal(f(*map(leaf, (x, w, b, a, bm))).data, out.data)
     assert check_grad(f, *map(leaf, (x, w, b, a, bm)))
     frozen = leaf(w, requires_grad=False)
     xs, As, Bs = leaf(x), leaf(a), leaf(bm)

@@ -128,12 +128,14 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None)
     xa = x if x_adapter is None else _t(x_adapter)
     x2 = _flat_rows(x.data, n_in)  # (N, in)
     xa2 = x2 if xa is x else _flat_rows(xa.data, n_in)  # (N, in)
-    h = xa2 @ A.data.T  # (N, r): the input projected onto the adapter's r directions
-    h *= scaling
     # With one input and more rows than W has entries per (in + out), folding s B A into W costs
     # fewer flops than the two thin products: y = x (W + s B A)^T, and gx = g (W + s B A) below.
     fold = xa is x and x2.shape[0] * (n_in + n_out) > n_in * n_out
     w = weight.data + Bm.data @ (A.data * scaling) if fold else weight.data  # (out, in)
+    h = None  # (N, r): s A x, the input projected onto the adapter's r directions
+    if not fold or (Bm.requires_grad and is_grad_enabled()):  # folded, only B's gradient needs it
+        h = xa2 @ A.data.T
+        h *= scaling
     y = x2 @ w.T  # (N, out)
     if not fold:
         y += h @ Bm.data.T  # (N, out): + s * B A x
@@ -143,7 +145,7 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None)
 
     def backward(g):  # g (..., out)
         g2 = g.reshape(-1, n_out)  # (N, out)
-        gB = g2.T @ h if Bm.requires_grad else None  # (out, r) = s * g^T (A x)
+        gB = g2.T @ h if Bm.requires_grad and h is not None else None  # (out, r) = s * g^T (A x)
         gh = None
         if A.requires_grad or xa.requires_grad:
             gh = g2 @ Bm.data  # (N, r)

@@ -297,21 +297,27 @@ for name, res in list(results.items()) + [("LoRA r=8 (lr 1e-3)", slow)]:
 #
 # After training, W' = W + (α/r) B A can be computed once and stored in the base weight: the
 # layer is then a plain matmul again, with no extra cost at inference. The merged model must give
-# the same outputs as the unmerged one (up to float32 rounding, since the sum is now done in a
-# different order). Unmerging subtracts the same product back out.
+# the same outputs as the unmerged one. For a batch with many rows `F.lora_linear` itself works
+# with the folded weight W + (α/r) B A, summed exactly as `merge_lora` sums it, so the two can
+# agree bit for bit; for a few rows it multiplies by A and B separately, a different order of
+# sums, and they agree up to float32 rounding. Unmerging subtracts the same product back out.
 
 # %%
 m8 = results["LoRA r=8"]["model"]
 m8.eval()
 w_before = m8.fc2.base.weight.data.copy()
 out_unmerged = m8(rotated.x_test).data.copy()
+few_unmerged = m8(rotated.x_test[:8]).data.copy()  # 8 rows: every layer takes the unfolded path
 lora.merge_lora(m8)
 out_merged = m8(rotated.x_test).data.copy()
+few_merged = m8(rotated.x_test[:8]).data.copy()
 print("fc2 merged:", m8.fc2.merged)
-print(f"max |merged - unmerged| logits: {np.abs(out_merged - out_unmerged).max():.2e}   "
+print(f"{len(rotated.y_test)} images: max |merged - unmerged| logits: {np.abs(out_merged - out_unmerged).max():.2e}   "
       f"(largest |logit|: {np.abs(out_unmerged).max():.1f})")
-print("np.array_equal(merged, unmerged):", np.array_equal(out_merged, out_unmerged),
+print("  np.array_equal(merged, unmerged):", np.array_equal(out_merged, out_unmerged),
       "| np.allclose(rtol=1e-5, atol=1e-5):", np.allclose(out_merged, out_unmerged, rtol=1e-5, atol=1e-5))
+print(f"8 images: max |merged - unmerged| logits: {np.abs(few_merged - few_unmerged).max():.2e}   "
+      f"np.array_equal: {np.array_equal(few_merged, few_unmerged)}")
 print("same predicted class for all", len(rotated.y_test), "test images:",
       bool(np.all(out_merged.argmax(-1) == out_unmerged.argmax(-1))))
 delta_rank = np.linalg.matrix_rank(m8.fc2.base.weight.data.astype(np.float64) - w_before.astype(np.float64), tol=1e-4)

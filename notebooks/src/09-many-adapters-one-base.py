@@ -509,8 +509,10 @@ print("active adapter after the block:", lora.active_adapter(server),
 # ## 7. Merging for inference
 #
 # `merge_lora` folds s · B A of the active adapter into each base weight, so the forward pass is
-# a plain linear layer again. Outputs should match the unmerged model up to float32 rounding;
-# `unmerge_lora` subtracts the same product, which restores the base up to rounding too.
+# a plain linear layer again. Outputs should match the unmerged model: for a batch of many rows
+# `F.lora_linear` itself works with W + s · B A, summed exactly as `merge_lora` sums it, so they
+# can agree bit for bit (with a few rows, up to float32 rounding). `unmerge_lora` subtracts the
+# same product, which restores the base weights up to rounding.
 
 # %%
 lora.set_adapter(server, "comedies")
