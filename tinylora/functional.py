@@ -478,8 +478,9 @@ def _causal_bias(tq: int, tk: int, dtype, xp):
     if key not in _causal_cache:
         if len(_causal_cache) > 64:
             _causal_cache.clear()
-        future = xp.arange(tk)[None, :] > xp.arange(tk - tq, tk)[:, None]
-        _causal_cache[key] = xp.where(future, -xp.inf, 0).astype(dtype)
+        bias = xp.zeros((tq, tk), dtype=dtype)
+        bias[xp.arange(tk)[None, :] > xp.arange(tk - tq, tk)[:, None]] = -xp.inf  # keys after the query
+        _causal_cache[key] = bias
     return _causal_cache[key]
 
 
