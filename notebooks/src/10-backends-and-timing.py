@@ -161,6 +161,31 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## How low can LoRA go?
+#
+# A third step, the *floor*, trains only the biases of q_proj and v_proj. Its backward pass is
+# the one LoRA needs (all the way down to the first block's queries and values), but its
+# "adapters" cost nothing: no products with A and B, almost no optimizer work. The three steps
+# take turns for three rounds; each time is the median of the steps of a round.
+
+# %%
+variants = {
+    "full": bench.gpt_tinylora_step(problem),
+    "LoRA r=8": bench.gpt_tinylora_step(problem, 8),
+    "floor": bench.gpt_tinylora_step(problem, floor=True),
+}
+times = {k: [] for k in variants}
+for _ in range(3):
+    for k, step in variants.items():
+        times[k].append(bench.time_steps(step, STEPS, warmup=2)["median_ms"])
+for k, ts in times.items():
+    print(f"{k:<9} {np.median(ts):7.1f} ms per step   (rounds: {', '.join(f'{t:.1f}' for t in ts)})")
+within = {k: float(np.median(np.array(times[k]) / np.array(times["full"]))) for k in ("LoRA r=8", "floor")}
+print(f"LoRA / full = {within['LoRA r=8']:.2f}, floor / full = {within['floor']:.2f} (medians of the rounds' ratios)")
+print(f"LoRA's own work (adapter products, folding, AdamW on A and B): "
+      f"{np.median(times['LoRA r=8']) - np.median(times['floor']):.1f} ms per step")
+
+# %% [markdown]
 # ## Memory that is given back too early
 #
 # A training step allocates and frees the same large arrays every time. By default glibc hands
