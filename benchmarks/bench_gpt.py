@@ -25,11 +25,11 @@ import numpy as np
 from tinylora import bench
 
 
-def measure(impl: str, r, width: int, steps: int) -> dict:
-    """Step times (median_ms, min_ms, ...) of one variant, measured in a fresh process."""
+def measure(impl: str, mode: str, r: int, width: int, steps: int) -> dict:
+    """Step times (median_ms, min_ms, ...) of one variant (mode full|lora|floor), in a fresh process."""
     spec = {
         "model": "gpt",
-        "mode": "floor" if r == "floor" else "lora" if r else "full",
+        "mode": mode,
         "impl": impl,
         "r": r,
         "width": width,
@@ -50,14 +50,15 @@ def main():
     args = ap.parse_args()
     torch = bench.torch_module()
     print(bench.machine_info(torch))
-    variants = {"tinylora full": ("tinylora", None), "tinylora lora": ("tinylora", args.lora_r)}
-    variants["tinylora floor"] = ("tinylora", "floor")  # LoRA's backward with free adapters
+    variants = {
+        f"tinylora {mode}": ("tinylora", mode) for mode in ("full", "lora", "floor")
+    }  # floor: see above
     if torch is not None:
-        variants.update({"pytorch full": ("pytorch", None), "pytorch lora": ("pytorch", args.lora_r)})
+        variants.update({f"pytorch {mode}": ("pytorch", mode) for mode in ("full", "lora")})
     rounds = {k: [] for k in variants}
     for _ in range(args.repeats):
-        for k, (impl, r) in variants.items():
-            rounds[k].append(measure(impl, r, args.width, args.steps))
+        for k, (impl, mode) in variants.items():
+            rounds[k].append(measure(impl, mode, args.lora_r, args.width, args.steps))
     med = {k: np.array([row["median_ms"] for row in v]) for k, v in rounds.items()}
     best = {k: min(row["min_ms"] for row in v) for k, v in rounds.items()}
     cfg = dict(bench.GPT_SHAPE, n_embd=args.width)

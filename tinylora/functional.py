@@ -108,6 +108,11 @@ def linear(x, weight, bias=None) -> Tensor:
     return Tensor._node(out, "linear", parents, backward)
 
 
+def lora_delta(lora_A, lora_B, scaling: float):
+    """s B A (out, in) from arrays A (r, in), B (out, r): the one sum lora_linear folds and merges store."""
+    return lora_B @ (lora_A * scaling)
+
+
 def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None) -> Tensor:
     """LoRA in one op: y = x @ W.T + b + (x_adapter @ A.T @ B.T) * scaling.
 
@@ -131,7 +136,7 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None)
     # With one input and more rows than W has entries per (in + out), folding s B A into W costs
     # fewer flops than the two thin products: y = x (W + s B A)^T, and gx = g (W + s B A) below.
     fold = xa is x and x2.shape[0] * (n_in + n_out) > n_in * n_out
-    w = weight.data + Bm.data @ (A.data * scaling) if fold else weight.data  # (out, in)
+    w = weight.data + lora_delta(A.data, Bm.data, scaling) if fold else weight.data  # (out, in)
     h = None  # (N, r): s A x, the input projected onto the adapter's r directions
     if not fold or (Bm.requires_grad and is_grad_enabled()):  # folded, only B's gradient needs it
         h = xa2 @ A.data.T

@@ -48,7 +48,7 @@ class Adapter(Module):
 
     def delta(self):
         """scaling * B @ A: the (out, in) change this adapter makes to the weight."""
-        return self.lora_B.data @ (self.lora_A.data * self.scaling)  # as F.lora_linear folds it
+        return F.lora_delta(self.lora_A.data, self.lora_B.data, self.scaling)
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}, dropout={self.dropout}"
@@ -130,7 +130,7 @@ class LoRALinear(Module):
             root = math.sqrt(ad.scaling)
             ad.lora_A.data = (a0 / root).astype(w.dtype)
             ad.lora_B.data = (b0 / root).astype(w.dtype)
-            ad.pissa_offset = (ad.lora_B.data @ ad.lora_A.data) * ad.scaling
+            ad.pissa_offset = ad.delta()
             w.data = w.data - ad.pissa_offset  # residual: output unchanged at step 0
         self.adapters[name] = ad
         return ad
