@@ -431,6 +431,15 @@ class Tensor:
         out = B.module_of(self.data).tanh(self.data)
         return Tensor._node(out, "tanh", (self,), lambda g: (g * (1 - out * out),))
 
+    def erf(self) -> Tensor:
+        """The error function (exact GELU needs it); d/dx erf(x) = 2/sqrt(pi) e^(-x^2)."""
+        a = self
+        xp = B.module_of(a.data)
+        out = B.erf(a.data)
+        return Tensor._node(
+            out, "erf", (a,), lambda g: (g * ((2 / math.sqrt(math.pi)) * xp.exp(-a.data * a.data)),)
+        )
+
     def sigmoid(self) -> Tensor:
         """1 / (1 + e^-x), computed as (1 + tanh(x/2)) / 2 so it never overflows."""
         out = B.module_of(self.data).tanh(self.data * 0.5)
