@@ -226,7 +226,7 @@ def save_vera(model: Module, directory) -> dict:
             f"save_vera: {str(directory)!r} exists and is not a folder; give a folder path"
         )
     fingerprint = _fingerprint(_base_params(model), set())
-    meta = {"format": "pt", "tinylora_version": __version__, "tinylora_fingerprint": json.dumps(fingerprint)}
+    meta = {"format": "pt", "tinylora_version": __version__, "tinylora_fingerprint": fingerprint}
     with (
         atomic_path(directory / WEIGHTS_NAME, suffix=".safetensors") as wtmp,
         atomic_path(directory / CONFIG_NAME) as ctmp,
@@ -265,7 +265,7 @@ def load_vera(model: Module, directory) -> Module:
     except WeightFileError as e:
         raise AdapterFileError(str(e)) from None
     if "tinylora_fingerprint" in meta:
-        _check_fingerprint(json.loads(meta["tinylora_fingerprint"]), _base_params(model), directory)
+        _check_fingerprint(meta["tinylora_fingerprint"], _base_params(model), directory)
     tensors = {k.removeprefix(PREFIX): v for k, v in tensors.items()}
     had = bool(vera_layers(model))
     expected = {}
