@@ -11,14 +11,14 @@ as a constant: cheaper, and no longer the gradient of the forward it runs.
 
 from __future__ import annotations
 
-from .. import backend as B
+from .. import backend
 from .. import functional as F
 from ..tensor import Tensor
 
 
 def row_norm(v):
     """||v||_row: the Euclidean norm of each row of an (out, in) array -> (out,)."""
-    xp = B.module_of(v)
+    xp = backend.module_of(v)
     return xp.sqrt((v * v).sum(axis=1))
 
 

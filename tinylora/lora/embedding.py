@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend as B
+from .. import backend
 from .. import functional as F
 from ..nn import Embedding, Module, Parameter
 from ..nn.layers import normal
@@ -82,7 +82,7 @@ class LoRAEmbedding(LoRALayer):
         w = self.base.weight
         ad = EmbeddingAdapter(self.num_embeddings, self.embedding_dim, config, dtype=w.dtype)
         for p in ad.parameters():
-            p.data = B.asarray(p.data, backend=w.backend)
+            p.data = backend.asarray(p.data, backend=w.backend)
         self.adapters[name] = ad
         return ad
 

@@ -13,8 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .. import __version__
-from .. import backend as B
+from .. import __version__, backend
 from ..io import WeightFileError, atomic_path, load_weights, save_weights
 from ..nn import Embedding, Module
 from .config import LoRAConfig
@@ -290,12 +289,12 @@ def load_adapter(model: Module, directory, name: str | None = None) -> Module:
         for path, layer in lora_layers(model):
             if name in layer.adapters:
                 for part, p in layer.adapters[name].file_tensors().items():
-                    p.data = B.asarray(tensors[f"{path}.{part}"], backend=p.backend).astype(p.dtype)
+                    p.data = backend.asarray(tensors[f"{path}.{part}"], backend=p.backend).astype(p.dtype)
         params = _base_params(model)
         for key, arr in tensors.items():
             if key not in expected:
                 p = params[key][0]
-                p.data = B.asarray(arr, backend=p.backend).astype(p.dtype)
+                p.data = backend.asarray(arr, backend=p.backend).astype(p.dtype)
     except Exception:
         if created:
             delete_adapter(model, name)  # back to the model as it was

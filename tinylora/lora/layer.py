@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .. import backend as B
+from .. import backend
 from .. import functional as F
 from ..nn import Linear, Module, ModuleDict, Parameter
 from ..nn.layers import normal, uniform
@@ -29,7 +29,7 @@ def digest(*arrays) -> str:
     for a in arrays:
         if a is None:
             continue
-        host = np.ascontiguousarray(B.to_numpy(a))
+        host = np.ascontiguousarray(backend.to_numpy(a))
         h.update(f"{host.shape}{host.dtype.str}".encode())
         h.update(host.tobytes())
     return h.hexdigest()
@@ -215,9 +215,9 @@ class LoRALinear(LoRALayer):
         n_in, r = self.in_features, config.r
         if config.init == "kaiming":  # PyTorch/PEFT: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(in))
             a = uniform((r, n_in), 1.0 / math.sqrt(n_in), w.dtype)
-            ad.lora_A.data = B.asarray(a, backend=w.backend)
+            ad.lora_A.data = backend.asarray(a, backend=w.backend)
         elif config.init == "gaussian":  # PEFT's "gaussian": A ~ N(0, (1/r)^2)
-            ad.lora_A.data = B.asarray(normal((r, n_in), 1.0 / r, w.dtype), backend=w.backend)
+            ad.lora_A.data = backend.asarray(normal((r, n_in), 1.0 / r, w.dtype), backend=w.backend)
         else:  # "pissa": A, B from the top-r singular triplets of W; W keeps only the rest
             from ..lowrank import lora_from_delta
 

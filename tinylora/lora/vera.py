@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from .. import backend as B
+from .. import __version__, backend
 from .. import functional as F
 from ..io import WeightFileError, atomic_path, load_weights, read_metadata, save_weights
 from ..nn import Linear, Module, Parameter
@@ -120,9 +119,9 @@ class VeRAAdapter(Module):
 
     def sliced(self, like):
         """A[:, :in] (r, in) and B[:out] (out, r), on the backend of `like`."""
-        backend = B.backend_of(like)
-        a = B.asarray(self.vera_A[:, : self.in_features], backend=backend)
-        b = B.asarray(self.vera_B[: self.out_features], backend=backend)
+        name = backend.backend_of(like)
+        a = backend.asarray(self.vera_A[:, : self.in_features], backend=name)
+        b = backend.asarray(self.vera_B[: self.out_features], backend=name)
         return a, b
 
     def delta(self):
@@ -155,7 +154,7 @@ class VeRALinear(LoRALayer):
         out, n_in = base.weight.shape
         self.adapters[adapter_name] = VeRAAdapter(vera_A, vera_B, n_in, out, config, base.weight.dtype)
         for p in self.adapters[adapter_name].parameters():
-            p.data = B.asarray(p.data, backend=base.weight.backend)
+            p.data = backend.asarray(p.data, backend=base.weight.backend)
         self.active = adapter_name
         base.requires_grad_(False)
 
@@ -298,7 +297,7 @@ def load_vera(model: Module, directory) -> Module:
     try:
         for n, layer in vera_layers(model):
             for k, p in layer._adapter().file_tensors().items():
-                p.data = B.asarray(tensors[f"{n}.{k}"], backend=p.backend).astype(p.dtype)
+                p.data = backend.asarray(tensors[f"{n}.{k}"], backend=p.backend).astype(p.dtype)
     except Exception:
         if not had:
             delete_adapter(model, "default")
