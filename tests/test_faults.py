@@ -169,3 +169,92 @@ def test_check_writable_finds_out_before_long_work(tmp_path):
     with pytest.raises(OSError) as info:
         io.check_writable(tmp_path / "f")
     assert str(tmp_path / "f") in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# tied weights: adapting lm_head never changes tok_emb
+
+
+def _tied_gpt():
+    tl.manual_seed(0)
+    cfg = models.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, tie_weights=True)
+    model = models.GPT(cfg)
+    assert model.lm_head.weight is model.tok_emb.weight
+    return model
+
+
+IDS = np.arange(12).reshape(2, 6) % 11
+
+
+def _snapshot(model):
+    return {k: v.copy() for k, v in model.state_dict().items()}
+
+
+def test_an_unmerged_adapter_on_a_tied_lm_head_changes_only_the_output_path():
+    model = _tied_gpt()
+    emb = model.tok_emb.weight.data.copy()
+    with tl.no_grad():
+        h = model.ln_f(model.blocks[0](model.tok_emb(IDS) + model.pos_emb.weight[:6]))  # (2, 6, 8)
+    lora.apply_lora(model, lora.LoRAConfig(r=2, alpha=4, target_modules=("lm_head",)))
+    layer = model.lm_head
+    assert layer.tied_to == ("tok_emb.weight",)
+    layer.lora_B.data = np.random.default_rng(1).standard_normal(layer.lora_B.shape).astype(np.float32)
+    with tl.no_grad():
+        logits = model(IDS).numpy()
+    expected = h.numpy() @ (emb + layer.delta()).T  # the adapter acts on lm_head's input only
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(model.tok_emb.weight.data, emb)
+
+
+def test_pissa_on_a_tied_weight_is_refused_and_changes_nothing():
+    model = _tied_gpt()
+    before = _snapshot(model)
+    with pytest.raises(RuntimeError, match="a PiSSA init would change the weight of lm_head.*tok_emb.weight"):
+        lora.apply_lora(model, lora.LoRAConfig(r=2, init="pissa", target_modules=("lm_head", "q_proj")))
+    assert lora.lora_layers(model) == [] and all(p.requires_grad for p in model.parameters())
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    lora.apply_lora(model, lora.LoRAConfig(r=2, target_modules=("lm_head",)))
+    with pytest.raises(RuntimeError, match="PiSSA init would change .* untie first"):
+        lora.add_adapter(model, "p", lora.LoRAConfig(r=2, init="pissa", target_modules=("lm_head",)))
+    with pytest.raises(RuntimeError, match="tied weights"):
+        model.lm_head.add_adapter("p", lora.LoRAConfig(r=2, init="pissa", target_modules=("lm_head",)))
+    np.testing.assert_array_equal(model.tok_emb.weight.data, before["tok_emb.weight"])
+
+
+def test_merging_into_a_tied_weight_is_refused_before_anything_merges():
+    model = _tied_gpt()
+    lora.apply_lora(model, lora.LoRAConfig(r=2, target_modules=("q_proj", "lm_head")))
+    for _, layer in lora.lora_layers(model):
+        layer.lora_B.data = np.ones(layer.lora_B.shape, np.float32)
+    before = _snapshot(model)
+    for merge in (lora.merge_lora, lora.merge_and_unload):
+        with pytest.raises(RuntimeError, match="merging would change the weight of lm_head.*tok_emb.weight"):
+            merge(model)
+        assert all(layer.merged is None for _, layer in lora.lora_layers(model))
+        for k, v in model.state_dict().items():
+            np.testing.assert_array_equal(v, before[k])
+    with pytest.raises(RuntimeError, match="untie first"):
+        model.lm_head.merge()
+
+
+def test_an_untied_copy_merges_and_leaves_the_embedding_alone():
+    model = _tied_gpt()
+    model.lm_head.weight = nn.Parameter(model.lm_head.weight.data.copy())  # untie, as the message says
+    emb = model.tok_emb.weight.data.copy()
+    lora.apply_lora(model, lora.LoRAConfig(r=2, init="pissa", target_modules=("lm_head",)))
+    model.lm_head.lora_B.data = model.lm_head.lora_B.data + 0.5
+    with tl.no_grad():
+        adapted = model(IDS).numpy()
+        lora.merge_lora(model)
+        merged = model(IDS).numpy()
+    np.testing.assert_allclose(merged, adapted, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(model.tok_emb.weight.data, emb)
+
+
+def test_untying_after_apply_lora_allows_merging():
+    model = _tied_gpt()
+    lora.apply_lora(model, lora.LoRAConfig(r=2, target_modules=("lm_head",)))
+    model.lm_head.base.weight = nn.Parameter(model.lm_head.base.weight.data.copy())
+    lora.merge_lora(model)
+    assert model.lm_head.merged == "default" and model.lm_head.tied_to == ()

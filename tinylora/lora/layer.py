@@ -35,6 +35,17 @@ def digest(*arrays) -> str:
     return h.hexdigest()
 
 
+def tied_weight_error(what: str, name: str, others) -> RuntimeError:
+    """Why `what` (merging, a PiSSA init) is refused on a weight shared with `others`, and how to untie."""
+    others = ", ".join(others)
+    return RuntimeError(
+        f"{what} would change the weight of {name}, and that weight is the same Parameter as {others} "
+        f"(tied weights), so {others} would change too. An unmerged adapter is fine (it changes only "
+        "this layer's output); to merge or use PiSSA, untie first: before apply_lora, give the layer "
+        "its own copy, e.g. model.lm_head.weight = nn.Parameter(model.lm_head.weight.data.copy())"
+    )
+
+
 class Adapter(Module):
     """One adapter: lora_A (r, in), lora_B (out, r), its scaling and dropout."""
 
@@ -77,6 +88,7 @@ class LoRALinear(Module):
         self.active = None  # name of the adapter in use, or None
         self.merged = None  # name of the adapter folded into base.weight, or None
         self.disabled = False
+        self.tied_to = ()  # other modules' names for base.weight (tied weights); set by apply_lora
         cfg = config or LoRAConfig(
             r=r, alpha=alpha, dropout=dropout, init=init, rslora=rslora, target_modules=("*",)
         )
@@ -124,6 +136,7 @@ class LoRALinear(Module):
         else:  # "pissa": A, B from the top-r singular triplets of W; W keeps only the rest
             from ..lowrank import lora_from_delta
 
+            self._refuse_if_tied("a PiSSA init")
             if r > min(w.shape):
                 raise ValueError(f"pissa init: r={r} is larger than min{w.shape} of the weight")
             b0, a0 = lora_from_delta(w.data.astype(np.float64), r)  # b0 @ a0 = W's best rank-r part
@@ -160,6 +173,7 @@ class LoRALinear(Module):
         """Fold scaling * B @ A of the active adapter into base.weight (a second call does nothing)."""
         if self.merged is not None or self.active is None:
             return
+        self._refuse_if_tied("merging")
         w = self.base.weight
         w.data = w.data + self._adapter().delta().astype(w.dtype)
         self.merged = self.active
@@ -171,6 +185,11 @@ class LoRALinear(Module):
         w = self.base.weight
         w.data = w.data - self.adapters[self.merged].delta().astype(w.dtype)
         self.merged = None
+
+    def _refuse_if_tied(self, what: str) -> None:
+        """The tied-weight rule: nothing may write into a weight that another module also uses."""
+        if self.tied_to:
+            raise tied_weight_error(what, "this layer", self.tied_to)
 
     # ---- forward ---------------------------------------------------------------------------
 

@@ -6,12 +6,26 @@ import contextlib
 
 from ..nn import Linear, Module
 from .config import LoRAConfig
-from .layer import LoRALinear
+from .layer import LoRALinear, tied_weight_error
 
 
 def lora_layers(model: Module) -> list:
     """(dotted name, LoRALinear) for every adapted layer in the model."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def tied_to(model: Module, name: str) -> tuple:
+    """Where else the weight of the layer `name` is used ("tok_emb.weight" for a tied lm_head)."""
+    mod = model.get_submodule(name)
+    weight = (mod.base if isinstance(mod, LoRALinear) else mod).weight
+    own = (name, f"{name}.base") if name else ("", "base")
+    return tuple(
+        f"{n}.{k}" if n else k
+        for n, m in model.named_modules()
+        if n not in own
+        for k, v in vars(m).items()
+        if v is weight
+    )
 
 
 def _inside_lora(name: str, lora_names: list) -> bool:
@@ -66,7 +80,9 @@ def apply_lora(model: Module, config: LoRAConfig, adapter_name: str = "default")
         if not any(n and probe.matches(n) for n, _ in model.named_modules()):
             raise ValueError(f"modules_to_save={config.modules_to_save!r} matches no module")
     for name in targets:
+        shared = tied_to(model, name)
         layer = LoRALinear(model.get_submodule(name), adapter_name=adapter_name, config=config)
+        layer.tied_to = shared
         model.set_submodule(name, layer)
     mark_only_lora_trainable(model, config.bias, config.modules_to_save)
     return model
@@ -78,6 +94,8 @@ def _check_can_adapt(model: Module, targets: list, config: LoRAConfig, adapter_n
         raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {adapter_name!r}")
     if config.init == "pissa":
         for name in targets:
+            if tied_to(model, name):
+                raise tied_weight_error("a PiSSA init", name, tied_to(model, name))
             mod = model.get_submodule(name)
             shape = (mod.base if isinstance(mod, LoRALinear) else mod).weight.shape
             if config.r > min(shape):
@@ -106,7 +124,9 @@ def add_adapter(model: Module, name: str, config: LoRAConfig) -> Module:
         if isinstance(mod, LoRALinear):
             mod.add_adapter(name, config)
         else:
+            shared = tied_to(model, target)
             layer = LoRALinear(mod, adapter_name=name, config=config)
+            layer.tied_to = shared
             layer.set_adapter(None)  # a plain layer stays plain until `name` is activated
             model.set_submodule(target, layer)
     if not any(layer.active for _, layer in lora_layers(model)):
@@ -201,9 +221,18 @@ def merge_lora(model: Module) -> Module:
         raise RuntimeError(
             "merge_lora inside disable_adapters(): the block promises base outputs; merge after it"
         )
+    _check_untied(model)
     for layer in layers:
         layer.merge()
     return model
+
+
+def _check_untied(model: Module) -> None:
+    """Refuse, before anything changes, to merge into a weight another module shares."""
+    for path, layer in lora_layers(model):
+        layer.tied_to = tied_to(model, path)  # as the model is now (it may have been untied since)
+        if layer.active is not None and layer.merged is None and layer.tied_to:
+            raise tied_weight_error("merging", path, layer.tied_to)
 
 
 def unmerge_lora(model: Module) -> Module:
@@ -215,6 +244,7 @@ def unmerge_lora(model: Module) -> Module:
 
 def merge_and_unload(model: Module) -> Module:
     """Merge the active adapters and put plain nn.Linear layers back (no LoRA left)."""
+    _check_untied(model)
     for path, layer in lora_layers(model):
         layer.merge()
         model.set_submodule(path, layer.base)
