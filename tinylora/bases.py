@@ -81,7 +81,7 @@ def read_card(name: str, directory=None) -> dict:
     _, card_path = _paths(name, directory)
     if not card_path.is_file():
         raise FileNotFoundError(
-            f"base {name!r} has no card at {card_path}; rebuild it with `tinylora pretrain {name}`"
+            f"base {name!r} has no card at {card_path}; rebuild it with `tinylora pretrain {name} --into-package`"
         )
     return json.loads(card_path.read_text())
 
@@ -95,7 +95,7 @@ def load_base(name: str, directory=None, verify: bool = True) -> Base:
         if sha != card["sha256"]:
             raise ValueError(
                 f"{weights_path} does not match its card (sha256 {sha[:12]} != {card['sha256'][:12]}); "
-                f"rebuild it with `tinylora pretrain {name}`"
+                f"rebuild it with `tinylora pretrain {name} --into-package`"
             )
     if name == "digits":
         model = MLP(**card["config"])

@@ -6,6 +6,10 @@ For the active adapter with A (r, in), B (out, r) and scaling s = alpha / r:
 
 B starts at zero, so a new adapter leaves the output unchanged; only A and B get
 gradients, and the frozen W never has its weight-gradient matmul computed at all.
+
+Tied weights: when W is also used by another module (a GPT's lm_head tied to tok_emb), the
+unmerged adapter changes only this layer's output; merging and a PiSSA init would write into
+the shared W, so they are refused with how to untie.
 """
 
 from __future__ import annotations
