@@ -293,6 +293,7 @@ def test_parser_rejects_bad_widths():
         (["bench", "--lora-r", "0"], "--lora-r: expected an integer >= 1, got 0"),
         (["bench", "--steps", "many"], "--steps: expected an integer, got 'many'"),
         (["pretrain", "digits", "--steps", "0"], "--steps: expected an integer >= 1, got 0"),
+        (["demo", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
     ],
 )
 def test_bad_counts_are_refused_with_what_was_expected(argv, words, capsys):

@@ -73,10 +73,11 @@ def test_lora_and_input_gradients_through_a_4_bit_quantized_linear():
     w = RNG.standard_normal((4, 32)).astype(np.float32)
     blocks = quants.quantize(w, gguf.GGMLQuantizationType.Q4_0)
     model = nn.Sequential(models.QuantizedLinear(blocks, "Q4_0", (4, 32)))
-    params = _adapt(model, ("0",))
     x = tl.Tensor(RNG.standard_normal((3, 32)), requires_grad=True)
-    fn = lambda x, *ps: (model(x) * np.arange(1.0, 13.0).reshape(3, 4)).sum()
-    assert tl.gradcheck(fn, [x, *params])
+    up = np.arange(1.0, 13.0).reshape(3, 4)
+    assert tl.gradcheck(lambda x: (model(x) * up).sum(), [x])  # its own backward (dequantises again)
+    params = _adapt(model, ("0",))  # LoRA runs the dequantised weight through lora_linear
+    assert tl.gradcheck(lambda x, *ps: (model(x) * up).sum(), [x, *params])
     layer = model[0]
     with tl.no_grad():  # and the value: the dequantised weight plus s B A
         expected = x.numpy() @ (layer.base.dequantized().astype(np.float64) + layer.delta()).T

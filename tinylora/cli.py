@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="full fine-tuning vs LoRA on the shipped bases, with a report folder")
     p.add_argument("--out", default="tinylora-demo", help="report folder (default: ./tinylora-demo/)")
     p.add_argument("--fast", action="store_true", help="a few steps only (a smoke test)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count(0), default=0)
     p.add_argument("--backend", type=_backends, default=["numpy"], help="numpy (default) or cupy")
     p.add_argument(
         "--force", action="store_true", help="replace an earlier report in --out (never other files)"
