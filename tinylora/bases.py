@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from . import backend as B
+from . import __version__, backend
 from .io import atomic_path, check_writable, load_weights, save_weights
 from .models import GPT, MLP, GPTConfig
 from .optim import AdamW, CosineSchedule
@@ -122,13 +121,13 @@ def _write(name: str, model, card: dict, directory) -> Path:
 
 
 def _machine() -> dict:
-    blas = B.blas_info()
+    blas = backend.blas_info()
     return {
         "python": platform.python_version(),
         "numpy": np.__version__,
         "machine": platform.machine(),
         "blas_threads": blas["threads"],
-        "backend": B.get_backend(),
+        "backend": backend.get_backend(),
     }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, lora
-from . import backend as B
+from .backend import device_name, get_backend, set_backend
 from .bases import load_base
 from .data import WindowSampler, load_digits, load_shakespeare
 from .io import WriteError, check_writable, save_weights
@@ -304,9 +304,9 @@ def run_demo(
     """
     out = Path(out)
     tmp = _prepare_out(out, force)
-    restore = B.get_backend()
+    restore = get_backend()
     try:
-        B.set_backend(backend)
+        set_backend(backend)
         steps = FAST_STEPS if fast else FULL_STEPS
         t0 = time.perf_counter()
         rows = [_run("digits", m, r, steps["digits"], seed, tmp, progress) for m, r in DIGITS_RUNS]
@@ -318,8 +318,8 @@ def run_demo(
         samples = _samples(rows, seed, fast)
         echo("\n" + samples)
         machine = {
-            "backend": B.get_backend(),
-            "device": B.device_name(),
+            "backend": get_backend(),
+            "device": device_name(),
             "fast": fast,
             "seed": seed,
             "seconds_total": time.perf_counter() - t0,
@@ -335,7 +335,7 @@ def run_demo(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        B.set_backend(restore)
+        set_backend(restore)
     echo(
         f"\nreport written to {out}/ in {machine['seconds_total']:.0f} s: results.md, results.json, "
         "*_loss.png, samples.txt, adapters/"

@@ -30,6 +30,7 @@ class LoRAConfig:
     exclude_modules: tuple | str = ()
     bias: str = "none"
     modules_to_save: tuple = field(default_factory=tuple)
+    dora: bool = False  # DoRA (Liu et al. 2024): a trained magnitude per output row; PEFT's use_dora
 
     def __post_init__(self):
         self.r = integer("LoRAConfig", "r", self.r, 1)
@@ -45,6 +46,7 @@ class LoRAConfig:
         self.exclude_modules = _patterns("exclude_modules", self.exclude_modules)
         self.modules_to_save = tuple(_patterns("modules_to_save", self.modules_to_save) or ())
         self.rslora = flag("LoRAConfig", "rslora", self.rslora)
+        self.dora = flag("LoRAConfig", "dora", self.dora)
 
     @property
     def scaling(self) -> float:
@@ -72,6 +74,7 @@ class LoRAConfig:
             "init": d["init"],
             "rslora": d["rslora"],
             "bias": d["bias"],
+            "use_dora": d["dora"],
         }
 
     @classmethod
@@ -93,6 +96,7 @@ class LoRAConfig:
             init=d.get("init", "kaiming"),
             rslora=d.get("rslora", False),
             bias=d.get("bias", "none"),
+            dora=bool(d.get("use_dora") or False),
         )
 
 
