@@ -258,3 +258,17 @@ def test_untying_after_apply_lora_allows_merging():
     model.lm_head.base.weight = nn.Parameter(model.lm_head.base.weight.data.copy())
     lora.merge_lora(model)
     assert model.lm_head.merged == "default" and model.lm_head.tied_to == ()
+
+
+def test_lora_on_a_tied_embedding_never_changes_the_head():
+    model = _tied_gpt()
+    lora.apply_lora(model, lora.LoRAConfig(r=2, target_modules=("tok_emb",)))
+    assert model.tok_emb.tied_to == ("lm_head.weight",)
+    ad = model.tok_emb.adapters["default"]
+    ad.lora_embedding_A.data = np.ones(ad.lora_embedding_A.shape, np.float32)  # (PEFT starts A at 0)
+    head = model.lm_head.weight.data.copy()
+    with pytest.raises(RuntimeError, match="merging would change the weight of tok_emb.*lm_head.weight"):
+        lora.merge_lora(model)
+    with tl.no_grad():
+        model(IDS)
+    np.testing.assert_array_equal(model.lm_head.weight.data, head)
