@@ -113,6 +113,7 @@ class VeRAAdapter(Module):
         super().__init__()
         self.config, self.r, self.dora, self.pissa_offset = config, config.r, False, None
         self.vera_A, self.vera_B = vera_A, vera_B  # shared by every layer: not Parameters, not saved
+        self._sliced = {}  # (backend, pair) -> (A[:, :in], B[:out]) on that backend
         self.in_features, self.out_features = in_features, out_features
         self.vera_lambda_d = Parameter(np.full((config.r,), config.d_initial, dtype))
         self.vera_lambda_b = Parameter(np.zeros((out_features,), dtype))
@@ -120,9 +121,12 @@ class VeRAAdapter(Module):
     def sliced(self, like):
         """A[:, :in] (r, in) and B[:out] (out, r), on the backend of `like`."""
         name = backend.backend_of(like)
-        a = backend.asarray(self.vera_A[:, : self.in_features], backend=name)
-        b = backend.asarray(self.vera_B[: self.out_features], backend=name)
-        return a, b
+        key = (name, id(self.vera_A), id(self.vera_B))
+        if key not in self._sliced:  # copied to the device once, not at every step
+            a = backend.asarray(self.vera_A[:, : self.in_features], backend=name)
+            b = backend.asarray(self.vera_B[: self.out_features], backend=name)
+            self._sliced = {key: (a, b)}
+        return self._sliced[key]
 
     def delta(self):
         """diag(b) B diag(d) A: the (out, in) change this adapter makes to the weight."""
