@@ -42,7 +42,9 @@ class VeRAConfig:
     modules_to_save: tuple = ()
 
     def __post_init__(self):
-        self.r = integer("VeRAConfig", "r", self.r, 1)
+        self.r = integer("VeRAConfig", "r", self.r)
+        if self.r < 1:
+            raise ValueError(f"VeRAConfig: r must be a positive integer, got {self.r!r}")
         self.projection_prng_key = integer("VeRAConfig", "projection_prng_key", self.projection_prng_key)
         self.d_initial = number("VeRAConfig", "d_initial", self.d_initial)
         if self.bias != "none" or self.modules_to_save:
