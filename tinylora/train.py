@@ -78,14 +78,14 @@ def _next_batch(next_batch, step: int, steps: int) -> tuple:
 
 def _check_finite_grads(params, step: int) -> None:
     """Raise before the update if any gradient holds NaN or infinity (the step is not taken)."""
-    bad = sum(
-        1 for p in params if p.grad is not None and not math.isfinite(float(p.grad.sum(dtype="float64")))
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or math.isfinite(float(sum(g.sum(dtype="float64") for g in grads))):  # one sync
+        return
+    bad = sum(1 for g in grads if not math.isfinite(float(g.sum(dtype="float64"))))
+    raise FloatingPointError(
+        f"training diverged at step {step}: {bad} of {len(params)} gradients hold NaN or infinity; "
+        "the step was not taken. Lower the learning rate or clip gradients (clip_norm=1.0)."
     )
-    if bad:
-        raise FloatingPointError(
-            f"training diverged at step {step}: {bad} of {len(params)} gradients hold NaN or infinity; "
-            "the step was not taken. Lower the learning rate or clip gradients (clip_norm=1.0)."
-        )
 
 
 def _evaluate(model, eval_fn) -> dict:
