@@ -229,7 +229,7 @@ def main(argv=None) -> int:
 
 def _os_error_line(e: OSError) -> str:
     """One line for an error the operating system raised: the path, the reason, what to do."""
-    from .io import WriteError
+    from .io import WriteError  # here, not at the top: `tinylora info` starts without the engine
 
     if isinstance(e, WriteError):
         return str(e)

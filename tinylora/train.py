@@ -78,14 +78,32 @@ def _next_batch(next_batch, step: int, steps: int) -> tuple:
 
 def _check_finite_grads(params, step: int) -> None:
     """Raise before the update if any gradient holds NaN or infinity (the step is not taken)."""
-    bad = sum(
-        1 for p in params if p.grad is not None and not math.isfinite(float(p.grad.sum(dtype="float64")))
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or math.isfinite(float(sum(g.sum(dtype="float64") for g in grads))):  # one sync
+        return
+    bad = sum(1 for g in grads if not math.isfinite(float(g.sum(dtype="float64"))))
+    raise FloatingPointError(
+        f"training diverged at step {step}: {bad} of {len(params)} gradients hold NaN or infinity; "
+        "the step was not taken. Lower the learning rate or clip gradients (clip_norm=1.0)."
     )
-    if bad:
+
+
+def _step(model, optimizer, loss_fn, batch: tuple, step: int, clip_norm) -> float:
+    """One optimizer step on one batch; returns the loss. A NaN or infinite loss or gradient raises first."""
+    loss = loss_fn(model, *batch)
+    value = loss.item()
+    if not math.isfinite(value):
         raise FloatingPointError(
-            f"training diverged at step {step}: {bad} of {len(params)} gradients hold NaN or infinity; "
-            "the step was not taken. Lower the learning rate or clip gradients (clip_norm=1.0)."
+            f"training diverged at step {step}: the loss is {value}. Lower the learning rate "
+            "or clip gradients (clip_norm=1.0)."
         )
+    optimizer.zero_grad()
+    loss.backward()
+    _check_finite_grads(optimizer.params, step)
+    if clip_norm is not None:
+        clip_grad_norm_(optimizer.params, clip_norm)
+    optimizer.step()
+    return value
 
 
 def _evaluate(model, eval_fn) -> dict:
@@ -141,20 +159,7 @@ def train(
     recent = []
     try:
         for step in range(1, steps + 1):
-            x, y = _next_batch(next_batch, step, steps)
-            loss = loss_fn(model, x, y)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"training diverged at step {step}: the loss is {value}. Lower the learning rate "
-                    "or clip gradients (clip_norm=1.0)."
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            _check_finite_grads(optimizer.params, step)
-            if clip_norm is not None:
-                clip_grad_norm_(optimizer.params, clip_norm)
-            optimizer.step()
+            value = _step(model, optimizer, loss_fn, _next_batch(next_batch, step, steps), step, clip_norm)
             if schedule is not None:
                 schedule.step()
             history.train_losses.append((step, value))
