@@ -7,7 +7,7 @@ import contextlib
 from ..nn import Embedding, Linear, Module
 from .config import LoRAConfig
 from .embedding import LoRAEmbedding
-from .layer import LoRALayer, LoRALinear
+from .layer import LoRALayer, LoRALinear, tied_weight_error
 
 
 def lora_layers(model: Module) -> list:
@@ -15,11 +15,28 @@ def lora_layers(model: Module) -> list:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALayer)]
 
 
-def _wrap(mod: Module, adapter_name: str, config: LoRAConfig) -> LoRALayer:
+def _wrap(mod: Module, adapter_name: str, config: LoRAConfig, tied: tuple = ()) -> LoRALayer:
     """The adapted layer for a plain target: LoRAEmbedding for an nn.Embedding, else LoRALinear."""
     if isinstance(mod, Embedding):
-        return LoRAEmbedding(mod, adapter_name=adapter_name, config=config)
-    return LoRALinear(mod, adapter_name=adapter_name, config=config)
+        layer = LoRAEmbedding(mod, adapter_name=adapter_name, config=config)
+    else:
+        layer = LoRALinear(mod, adapter_name=adapter_name, config=config)
+    layer.tied_to = tied  # where else its weight is used: merging there is refused
+    return layer
+
+
+def tied_to(model: Module, name: str) -> tuple:
+    """Where else the weight of the layer `name` is used ("tok_emb.weight" for a tied lm_head)."""
+    mod = model.get_submodule(name)
+    weight = (mod.base if isinstance(mod, LoRALayer) else mod).weight
+    own = (name, f"{name}.base") if name else ("", "base")
+    return tuple(
+        f"{n}.{k}" if n else k
+        for n, m in model.named_modules()
+        if n not in own
+        for k, v in vars(m).items()
+        if v is weight
+    )
 
 
 def _inside_lora(name: str, lora_names: list) -> bool:
@@ -74,7 +91,9 @@ def apply_lora(model: Module, config: LoRAConfig, adapter_name: str = "default")
         if not any(n and probe.matches(n) for n, _ in model.named_modules()):
             raise ValueError(f"modules_to_save={config.modules_to_save!r} matches no module")
     for name in targets:
-        model.set_submodule(name, _wrap(model.get_submodule(name), adapter_name, config))
+        model.set_submodule(
+            name, _wrap(model.get_submodule(name), adapter_name, config, tied_to(model, name))
+        )
     mark_only_lora_trainable(model, config.bias, config.modules_to_save)
     return model
 
@@ -85,6 +104,8 @@ def _check_can_adapt(model: Module, targets: list, config: LoRAConfig, adapter_n
         raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {adapter_name!r}")
     if config.init == "pissa":
         for name in targets:
+            if tied_to(model, name):
+                raise tied_weight_error("a PiSSA init", name, tied_to(model, name))
             mod = model.get_submodule(name)
             shape = (mod.base if isinstance(mod, LoRALayer) else mod).weight.shape
             if config.r > min(shape):
@@ -113,7 +134,7 @@ def add_adapter(model: Module, name: str, config: LoRAConfig) -> Module:
         if isinstance(mod, LoRALayer):
             mod.add_adapter(name, config)
         else:
-            layer = _wrap(mod, name, config)
+            layer = _wrap(mod, name, config, tied_to(model, target))
             layer.set_adapter(None)  # a plain layer stays plain until `name` is activated
             model.set_submodule(target, layer)
     if not any(layer.active for _, layer in lora_layers(model)):
@@ -207,9 +228,18 @@ def merge_lora(model: Module) -> Module:
         raise RuntimeError(
             "merge_lora inside disable_adapters(): the block promises base outputs; merge after it"
         )
+    _check_untied(model)
     for layer in layers:
         layer.merge()
     return model
+
+
+def _check_untied(model: Module) -> None:
+    """Refuse, before anything changes, to merge into a weight another module shares."""
+    for path, layer in lora_layers(model):
+        layer.tied_to = tied_to(model, path)  # as the model is now (it may have been untied since)
+        if layer.active is not None and layer.merged is None and layer.tied_to:
+            raise tied_weight_error("merging", path, layer.tied_to)
 
 
 def unmerge_lora(model: Module) -> Module:
@@ -221,6 +251,7 @@ def unmerge_lora(model: Module) -> Module:
 
 def merge_and_unload(model: Module) -> Module:
     """Merge the active adapters and put plain nn.Linear layers back (no LoRA left)."""
+    _check_untied(model)
     for path, layer in lora_layers(model):
         layer.merge()
         model.set_submodule(path, layer.base)
