@@ -23,11 +23,11 @@ def after_steps(make, n=3):
     return step.params()
 
 
-def test_tinylora_mlp_step_matches_the_hand_written_floor():
-    ours, floor = after_steps(bench.mlp_tinylora_step), after_steps(bench.mlp_floor_step)
+def test_tinylora_mlp_step_matches_the_hand_written_step():
+    ours, by_hand = after_steps(bench.mlp_tinylora_step), after_steps(bench.mlp_handwritten_step)
     start = small_problem()["weights"]
-    assert len(ours) == len(floor) == 6
-    for a, b in zip(ours, floor):
+    assert len(ours) == len(by_hand) == 6
+    for a, b in zip(ours, by_hand):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert not np.allclose(ours[0], start[0])  # the step did move the weights
 
@@ -63,20 +63,20 @@ def test_measure_runs_a_spec_in_its_own_process_and_reports_failures():
     spec = {
         "model": "mlp",
         "mode": "full",
-        "impl": "floor",
+        "impl": "handwritten",
         "backend": "numpy",
         "width": 512,
         "steps": 2,
         "warmup": 0,
     }
     row = bench.measure_isolated(spec)
-    assert row["impl"] == "floor" and row["steps"] == 2 and 0 < row["min_ms"] <= row["median_ms"]
+    assert row["impl"] == "handwritten" and row["steps"] == 2 and 0 < row["min_ms"] <= row["median_ms"]
     with pytest.raises(RuntimeError, match="benchmark nonsense mlp failed"):
         bench.measure_isolated(dict(spec, impl="nonsense"))
 
 
-def test_the_gpt_floor_step_trains_only_the_q_and_v_biases():
-    step = bench.make_step({"model": "gpt", "impl": "tinylora", "mode": "floor", "width": 16})
+def test_the_gpt_bias_only_step_trains_only_the_q_and_v_biases():
+    step = bench.make_step({"model": "gpt", "impl": "tinylora", "mode": "bias-only", "width": 16})
     n_layer = bench.GPT_SHAPE["n_layer"]
     assert step.trainable == 2 * n_layer * 16  # q_proj.bias and v_proj.bias of every block
     params = [p for g in step.optimizer.param_groups for p in g["params"]]

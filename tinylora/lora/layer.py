@@ -132,6 +132,7 @@ class LoRALinear(Module):
             ad.lora_B.data = (b0 / root).astype(w.dtype)
             ad.pissa_offset = ad.delta()
             w.data = w.data - ad.pissa_offset  # residual: output unchanged at step 0
+        ad.to(w.backend)  # the adapter lives where its base does, whatever the active backend
         self.adapters[name] = ad
         return ad
 
