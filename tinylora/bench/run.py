@@ -101,16 +101,23 @@ CHILD = (
 )
 
 
-def measure_isolated(spec: dict) -> dict:
+def measure_isolated(spec: dict, timeout: float | None = None) -> dict:
     """measure(spec) in a fresh process that holds one library only, on spec["backend"].
 
     A user runs one library at a time; in one shared process PyTorch's idle OpenMP workers
     keep spinning after its ops and steal a core from the next library's BLAS threads.
     """
     env = dict(os.environ, TINYLORA_BACKEND=spec["backend"])
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True, env=env
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"benchmark {spec['impl']} {spec['model']} timed out after {timeout:.0f} s") from None
     if out.returncode != 0:
         raise RuntimeError(f"benchmark {spec['impl']} {spec['model']} failed: {out.stderr.strip()[-800:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
