@@ -117,7 +117,9 @@ def measure_isolated(spec: dict, timeout: float | None = None) -> dict:
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"benchmark {spec['impl']} {spec['model']} timed out after {timeout:.0f} s") from None
+        raise RuntimeError(
+            f"benchmark {spec['impl']} {spec['model']} timed out after {timeout:.0f} s"
+        ) from None
     if out.returncode != 0:
         raise RuntimeError(f"benchmark {spec['impl']} {spec['model']} failed: {out.stderr.strip()[-800:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
