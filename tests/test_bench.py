@@ -84,3 +84,33 @@ def test_the_gpt_bias_only_step_trains_only_the_q_and_v_biases():
     step()
     changed = [p for p, b in zip(params, before) if not np.array_equal(p.numpy(), b)]
     assert len(changed) == 2 * n_layer and all(p.ndim == 1 and p.requires_grad for p in changed)
+
+
+def test_pytorch_runs_on_cuda_when_tinylora_runs_on_cupy(monkeypatch):
+    assert bench.torch_device() == "cpu"  # the tests run on NumPy
+    monkeypatch.setattr(bench.peers.backend, "get_backend", lambda: "cupy")
+    assert bench.torch_device() == "cuda"
+
+
+def test_ratios_name_each_baseline_and_the_gpu_speed_up():
+    rows = [
+        dict(model="gpt", mode=m, width=64, backend=b, impl=i, median_ms=ms)
+        for m, b, i, ms in [
+            ("full", "numpy", "tinylora", 100.0),
+            ("lora", "numpy", "tinylora", 75.0),
+            ("bias-only", "numpy", "tinylora", 70.0),
+            ("full", "cupy", "tinylora", 4.0),
+            ("full", "cupy", "pytorch", 2.0),
+        ]
+    ] + [
+        dict(model="mlp", mode="full", width=512, backend="numpy", impl=i, median_ms=ms)
+        for i, ms in [("tinylora", 5.0), ("handwritten", 4.0)]
+    ]
+    got = {(r["what"], r["mode"], r["backend"]): round(r["ratio"], 3) for r in bench.ratios(rows)}
+    assert got == {
+        ("LoRA / full (tinylora)", "lora", "numpy"): 0.75,
+        ("bias-only / full (tinylora)", "bias-only", "numpy"): 0.7,
+        ("numpy / cupy (tinylora)", "full", "cupy"): 25.0,
+        ("tinylora / pytorch", "full", "cupy"): 2.0,
+        ("tinylora / handwritten", "full", "numpy"): 1.25,
+    }

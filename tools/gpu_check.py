@@ -28,6 +28,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -75,19 +76,26 @@ class Report:
 def run(cmd, timeout: float, env=None, report: Report | None = None) -> dict:
     """Run a command with a timeout; its output goes to the log. Returns rc, seconds, tail."""
     t0 = time.monotonic()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, timeout), env=env, cwd=ROOT)
-        rc, output = p.returncode, p.stdout + p.stderr
-    except subprocess.TimeoutExpired as e:
-        rc = "timeout"
-        output = (
-            (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        )
-        output += (
-            (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+    try:  # a session of its own, so a timeout ends its children too (pytest-xdist workers, bench rows)
+        p = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
         )
     except OSError as e:
-        rc, output = "not run", f"{type(e).__name__}: {e}"
+        p, rc, output = None, "not run", f"{type(e).__name__}: {e}"
+    if p is not None:
+        try:
+            output, _ = p.communicate(timeout=max(1.0, timeout))
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            output, _ = p.communicate()
+            rc = "timeout"
     seconds = round(time.monotonic() - t0, 1)
     if report is not None:
         report.log(f"$ {' '.join(map(str, cmd))}   [{rc}, {seconds} s]\n{output[-6000:]}")
