@@ -232,6 +232,8 @@ MODULES = {
 }
 if config_has("dora"):
     MODULES["DoRA"] = adapted(dict(r=2, alpha=4, dora=True))
+if hasattr(lora, "LoRAEmbedding"):
+    MODULES["LoRA on the embedding and q"] = adapted(dict(r=2, alpha=4, target_modules=("tok_emb", "q_proj")))
 if config_has("rank_pattern"):
     MODULES["LoRA rank_pattern"] = adapted(dict(r=2, alpha=4, rank_pattern={"v_proj": 3}))
 if hasattr(lora, "apply_vera") and hasattr(lora, "VeRAConfig"):

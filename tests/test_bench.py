@@ -87,9 +87,9 @@ def test_the_gpt_bias_only_step_trains_only_the_q_and_v_biases():
 
 
 def test_pytorch_runs_on_cuda_when_tinylora_runs_on_cupy(monkeypatch):
-    assert bench.torch_device() == "cpu"  # the tests run on NumPy
-    monkeypatch.setattr(bench.peers.backend, "get_backend", lambda: "cupy")
-    assert bench.torch_device() == "cuda"
+    for name, device in (("numpy", "cpu"), ("cupy", "cuda")):
+        monkeypatch.setattr(bench.peers.backend, "get_backend", lambda name=name: name)
+        assert bench.torch_device() == device
 
 
 def test_ratios_name_each_baseline_and_the_gpu_speed_up():

@@ -466,7 +466,15 @@ def markdown(data: dict) -> str:
         lines += targets(b)
     ch = (data.get("stages") or {}).get("chapter10")
     if ch and ch.get("output"):
-        lines += ["", "### Chapter 10's GPU cells", "", "```"] + ch["output"] + ["```"]
+        cpus = (data.get("device") or {}).get("cpu_count")
+        lines += [
+            "",
+            "### Chapter 10's GPU cells",
+            "",
+            f"(NumPy here on all {cpus} CPUs of this machine)",
+            "",
+        ]
+        lines += ["```"] + ch["output"] + ["```"]
     return "\n".join(lines) + "\n"
 
 

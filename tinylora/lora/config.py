@@ -28,6 +28,7 @@ class LoRAConfig:
     exclude_modules: tuple | str = ()
     bias: str = "none"
     modules_to_save: tuple = field(default_factory=tuple)
+    dora: bool = False  # DoRA (Liu et al. 2024): a trained magnitude per output row; PEFT's use_dora
 
     def __post_init__(self):
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
@@ -46,6 +47,8 @@ class LoRAConfig:
         self.exclude_modules = _patterns("exclude_modules", self.exclude_modules)
         self.modules_to_save = tuple(_patterns("modules_to_save", self.modules_to_save) or ())
         self.rslora = bool(self.rslora)
+        if not isinstance(self.dora, bool):
+            raise ValueError(f"LoRAConfig: dora must be True or False, got {self.dora!r}")
 
     @property
     def scaling(self) -> float:
@@ -73,6 +76,7 @@ class LoRAConfig:
             "init": d["init"],
             "rslora": d["rslora"],
             "bias": d["bias"],
+            "use_dora": d["dora"],
         }
 
     @classmethod
@@ -94,6 +98,7 @@ class LoRAConfig:
             init=d.get("init", "kaiming"),
             rslora=d.get("rslora", False),
             bias=d.get("bias", "none"),
+            dora=bool(d.get("use_dora") or False),
         )
 
 
