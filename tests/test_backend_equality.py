@@ -140,6 +140,41 @@ FUNCTIONAL = {
 }
 
 
+def reference_cases() -> dict:
+    """The textbook versions (tinylora.reference) on the same inputs, where that module exists."""
+    try:
+        import tinylora.reference as R
+    except ImportError:
+        return {}
+
+    def ce(rng, dtype):
+        (z,) = leaves(rng, dtype, (2, 5, 7))
+        t = ids(rng, (2, 5), 7)
+        t[0, 1] = -100
+        return None, [z], lambda z: R.cross_entropy(z, t, ignore_index=-100)
+
+    def attention(rng, dtype):
+        q, k, v = leaves(rng, dtype, (2, 3, 6, 4), (2, 3, 6, 4), (2, 3, 6, 4))
+        return None, [q, k, v], lambda q, k, v: R.scaled_dot_product_attention(q, k, v, causal=True)
+
+    return {
+        "R.linear": op(R.linear, (2, 3, 6), (5, 6), (5,)),
+        "R.lora_linear": op(
+            lambda x, w, b, a, bm: R.lora_linear(x, w, b, a, bm, 0.7), (4, 6), (5, 6), (5,), (3, 6), (5, 3)
+        ),
+        "R.softmax": op(R.softmax, (3, 4)),
+        "R.log_softmax": op(R.log_softmax, (2, 3, 4)),
+        "R.cross_entropy": ce,
+        "R.layer_norm": op(R.layer_norm, (2, 3, 6), (6,), (6,)),
+        "R.rms_norm": op(R.rms_norm, (2, 3, 6), (6,)),
+        "R.gelu": op(R.gelu, (3, 4)),
+        "R.attention": attention,
+    }
+
+
+FUNCTIONAL.update(reference_cases())
+
+
 def module_case(build, inputs):
     """A module built on NumPy from the seed; inputs(rng, dtype) gives its (non-leaf) arguments."""
 

@@ -23,6 +23,7 @@ sizes, so CI proves the script works.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -115,13 +116,14 @@ def nvidia_smi() -> dict:
     """GPU name, driver, memory and the CUDA version the driver supports, from nvidia-smi."""
     if not shutil.which("nvidia-smi"):
         return {"found": False}
-    q = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    head = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+    try:
+        q = subprocess.run(query, capture_output=True, text=True, timeout=30)
+        head = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"found": False, "error": f"{type(e).__name__}: {e}"}
+    if q.returncode != 0 or not q.stdout.strip():
+        return {"found": False, "error": (q.stdout + q.stderr).strip()[-300:]}
     cuda = re.search(r"CUDA Version:\s*([\d.]+)", head)
     name, driver, memory = ([*map(str.strip, q.stdout.splitlines()[0].split(","))] + ["", "", ""])[:3]
     return {
@@ -265,7 +267,7 @@ def chapter10_code(dry_run: bool) -> str:
             continue
         if preamble or "cupy" in body:
             picked.append(body)
-    keep = ["import json", "plt = None"]  # the cells' plots are not drawn here
+    keep = ["import json"]  # plots go to matplotlib's Agg backend (MPLBACKEND), never shown
     if dry_run:  # small sizes: the benchmark GPT at width 32
         keep += [
             "import functools",
@@ -275,10 +277,7 @@ def chapter10_code(dry_run: bool) -> str:
     tail = [
         "print('CH10_TIMINGS=' + json.dumps({' '.join(k): v for k, v in globals().get('timings', {}).items()}))"
     ]
-    code = "\n".join(
-        keep + [re.sub(r"^import matplotlib.pyplot as plt$", "", c, flags=re.M) for c in picked] + tail
-    )
-    return code
+    return "\n".join(keep + picked + tail)
 
 
 def stage_chapter10(report: Report, timeout: float, dry_run: bool) -> None:
@@ -297,31 +296,25 @@ def stage_chapter10(report: Report, timeout: float, dry_run: bool) -> None:
     )
 
 
+@contextlib.contextmanager
 def pinned(cores: int):
     """Run what follows (and the processes it starts) on `cores` CPUs with as many BLAS threads."""
-
-    class Pin:
-        def __enter__(self):
-            self.env = {
-                k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-            }
-            for k in self.env:
-                os.environ[k] = str(cores)
-            self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-            if self.cpus and len(self.cpus) > cores:
-                os.sched_setaffinity(0, sorted(self.cpus)[:cores])
-            return self
-
-        def __exit__(self, *exc):
-            for k, v in self.env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            if self.cpus:
-                os.sched_setaffinity(0, self.cpus)
-
-    return Pin()
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in names}
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    os.environ.update({k: str(cores) for k in names})
+    if cpus and len(cpus) > cores:
+        os.sched_setaffinity(0, sorted(cpus)[:cores])
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if cpus:
+            os.sched_setaffinity(0, cpus)
 
 
 def bench_plan(gpu: str, dry_run: bool, has_torch: bool) -> tuple:
