@@ -112,6 +112,7 @@ def cmd_bench(args) -> int:
         lora_r=args.lora_r,
         rounds=args.rounds,
         echo=quiet,
+        family=args.family,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -186,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--peers", action="store_true", help="also time dezero and mygrad on the MLP (if installed)"
+    )
+    p.add_argument(
+        "--family",
+        action="store_true",
+        help="also time the LoRA family on the GPT: DoRA and VeRA steps, LoRA/DoRA forwards unmerged and merged",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_bench)

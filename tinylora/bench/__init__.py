@@ -33,6 +33,7 @@ from .run import (
     step_memory,
 )
 from .steps import (
+    FAMILY_MODES,
     GPT_BATCH,
     GPT_MODES,
     GPT_SHAPE,
@@ -40,6 +41,7 @@ from .steps import (
     MLP_BATCH,
     MLP_SIZES,
     clear_grads,
+    gpt_family_step,
     gpt_problem,
     gpt_tinylora_step,
     mlp_handwritten_step,
@@ -53,6 +55,8 @@ from .timing import machine_info, median_ratios, median_rows, ratios, row_key, t
 __all__ = [
     "GPT_BATCH",
     "GPT_MODES",
+    "FAMILY_MODES",
+    "gpt_family_step",
     "GPT_SHAPE",
     "LR",
     "MLP_BATCH",

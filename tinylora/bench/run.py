@@ -20,11 +20,13 @@ from .peers import (
     torch_sync,
 )
 from .steps import (
+    FAMILY_MODES,
     GPT_BATCH,
     GPT_MODES,
     GPT_SHAPE,
     MLP_BATCH,
     MLP_SIZES,
+    gpt_family_step,
     gpt_problem,
     gpt_tinylora_step,
     mlp_handwritten_step,
@@ -72,6 +74,8 @@ def make_step(spec: dict):
     if model == "mlp":
         return MLP_STEPS[impl](mlp_problem())
     mode = spec["mode"]
+    if mode in FAMILY_MODES:  # tinylora only: DoRA, VeRA, merged/unmerged forwards
+        return gpt_family_step(gpt_problem(n_embd=spec["width"]), mode, spec.get("r") or 8)
     if mode not in GPT_MODES:
         raise ValueError(f"GPT benchmark mode must be one of {', '.join(GPT_MODES)}, got {mode!r}")
     problem = gpt_problem(n_embd=spec["width"])
@@ -134,7 +138,9 @@ def check_widths(widths) -> None:
         )
 
 
-def bench_specs(backends, widths, steps, warmup, torch: bool, peers: bool, lora_r: int) -> list:
+def bench_specs(
+    backends, widths, steps, warmup, torch: bool, peers: bool, lora_r: int, family: bool = False
+) -> list:
     """The rows one round measures: per backend, the MLP step of each implementation, then the GPT's."""
     specs = []
     for name in backends:
@@ -146,6 +152,11 @@ def bench_specs(backends, widths, steps, warmup, torch: bool, peers: bool, lora_
             for mode in ("full", "lora"):
                 for impl in ["tinylora"] + (["pytorch"] if torch else []):
                     specs.append(dict(base, model="gpt", mode=mode, width=width, impl=impl, r=lora_r))
+            if family:  # the LoRA family rows (chapter 12): tinylora only
+                specs += [
+                    dict(base, model="gpt", mode=mode, width=width, impl="tinylora", r=lora_r)
+                    for mode in FAMILY_MODES
+                ]
     return specs
 
 
@@ -159,6 +170,7 @@ def run_bench(
     lora_r: int = 8,
     rounds: int = 1,
     echo=print,
+    family: bool = False,
 ) -> dict:
     """Time MLP and GPT training steps (full and LoRA) on each backend; optionally PyTorch and peers.
 
@@ -172,7 +184,7 @@ def run_bench(
     torch = torch_module() if compare_torch else None
     if compare_torch and torch is None:
         echo("(--compare-torch: PyTorch is not installed here; pip install torch to compare)")
-    specs = bench_specs(backends, widths, steps, warmup, torch is not None, peers, lora_r)
+    specs = bench_specs(backends, widths, steps, warmup, torch is not None, peers, lora_r, family)
     per_round = []
     for n in range(rounds):
         results = []
@@ -204,6 +216,7 @@ def run_bench(
             "gpt": GPT_SHAPE,
             "gpt_batch": GPT_BATCH,
             "isolated": True,
+            "family": family,
         },
         "results": median_rows(per_round),
         "ratios": median_ratios([ratios(results) for results in per_round]),

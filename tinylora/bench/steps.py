@@ -14,7 +14,7 @@ from .. import backend, lora
 from .. import functional as F
 from ..models import GPT, GPTConfig
 from ..optim import AdamW
-from ..tensor import Tensor, manual_seed
+from ..tensor import Tensor, manual_seed, no_grad
 
 MLP_SIZES = (784, 512, 512, 10)
 MLP_BATCH = 256
@@ -22,6 +22,10 @@ LR = 0.01
 GPT_SHAPE = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
 GPT_BATCH = 32
 GPT_MODES = ("full", "lora", "bias-only")
+# the LoRA family (tinylora only, `tinylora bench --family`): DoRA and VeRA training steps, and
+# forward passes (no grad, eval) of LoRA and DoRA with the adapter kept apart or merged
+FAMILY_MODES = ("dora", "vera", "lora-infer", "lora-merged-infer", "dora-infer", "dora-merged-infer")
+VERA_R = 64  # VeRA's rank in the family rows: its A and B are shared and frozen, so r costs little
 
 
 def mlp_problem(sizes=MLP_SIZES, batch=MLP_BATCH, seed=0) -> dict:
@@ -157,6 +161,11 @@ def gpt_tinylora_step(
             model, lora.LoRAConfig(r=lora_r, alpha=2 * lora_r, target_modules=("q_proj", "v_proj"))
         )
         lora.mark_only_lora_trainable(model)
+    return _adam_step(model, problem, lr)
+
+
+def _adam_step(model, problem: dict, lr: float):
+    """One AdamW step of `model` on the problem's batch, as a closure (what the timer calls)."""
     opt = AdamW(model.parameters(), lr=lr)
     xp = backend.xp()
     x, y = xp.asarray(problem["x"]), xp.asarray(problem["y"])
@@ -168,5 +177,42 @@ def gpt_tinylora_step(
         opt.step()
 
     step.optimizer = opt
+    step.trainable = sum(p.size for p in model.parameters() if p.requires_grad)
+    return step
+
+
+def gpt_family_step(problem: dict, mode: str, lora_r: int = 8, lr: float = 1e-3):
+    """A LoRA-family step on q_proj and v_proj: DoRA or VeRA training, or a LoRA/DoRA forward pass.
+
+    "*-infer" modes time model(x) under no_grad in eval mode; "*-merged-infer" merge first,
+    so the forward runs at the base's own cost.
+    """
+    if mode not in FAMILY_MODES:
+        raise ValueError(f"gpt_family_step: mode must be one of {', '.join(FAMILY_MODES)}, got {mode!r}")
+    model = GPT(GPTConfig(**problem["config"]))
+    model.load_state_dict(problem["state"])
+    targets = ("q_proj", "v_proj")
+    if mode == "vera":
+        lora.apply_vera(model, lora.VeRAConfig(r=VERA_R, target_modules=targets))
+        return _adam_step(model, problem, lr)
+    config = lora.LoRAConfig(r=lora_r, alpha=2 * lora_r, target_modules=targets, dora=mode.startswith("dora"))
+    manual_seed(0)  # the same adapter in every row (merged and unmerged time the same model)
+    lora.apply_lora(model, config)
+    if mode == "dora":
+        return _adam_step(model, problem, lr)
+    rng = np.random.default_rng(1)
+    for _, layer in lora.lora_layers(model):  # a trained-looking adapter: B != 0
+        ad = layer.adapters["default"]
+        ad.lora_B.data = backend.asarray(rng.normal(0, 0.02, ad.lora_B.shape).astype(ad.lora_B.dtype))
+    model.eval()
+    if "merged" in mode:
+        lora.merge_lora(model)
+    x = backend.xp().asarray(problem["x"])
+
+    def step():
+        with no_grad():
+            model(x)
+
+    step.optimizer, step.model = None, model
     step.trainable = sum(p.size for p in model.parameters() if p.requires_grad)
     return step

@@ -92,6 +92,15 @@ def ratios(results: list) -> list:
             out.append(_ratio(f"{name} / full (tinylora)", k, ms / by[(full, impl)]))
             if (k, "pytorch") in by and (full, "pytorch") in by:
                 out.append(_ratio(f"{name} / full (pytorch)", k, by[(k, "pytorch")] / by[(full, "pytorch")]))
+        # the LoRA family (--family): DoRA and VeRA against LoRA, merged against unmerged forwards
+        lora_row = (k[0], "lora", k[2], k[3])
+        if k[1] in ("dora", "vera") and (lora_row, impl) in by:
+            out.append(
+                _ratio({"dora": "DoRA / LoRA", "vera": "VeRA / LoRA"}[k[1]], k, ms / by[(lora_row, impl)])
+            )
+        unmerged = (k[0], k[1].replace("-merged", ""), k[2], k[3])
+        if "-merged" in k[1] and (unmerged, impl) in by:
+            out.append(_ratio("merged / unmerged forward", k, ms / by[(unmerged, impl)]))
     return out
 
 
