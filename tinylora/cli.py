@@ -212,6 +212,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command in ("demo", "bench"):
+            backend.keep_freed_memory()  # a step's big temporaries stay mapped between steps (README, Backends)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
