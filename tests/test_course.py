@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]-*.md"))
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
 PLANNED = [
+    "01-what-lora-is",
     "02-low-rank-by-hand",
     "03-autograd-from-scratch",
     "04-layers-losses-optimizers",
@@ -19,6 +20,8 @@ PLANNED = [
     "07-lora-on-the-transformer",
     "08-what-full-fine-tuning-changes",
     "09-many-adapters-one-base",
+    "10-backends-and-timing",
+    "11-a-real-pretrained-model",
 ]
 APPENDICES = sorted((ROOT / "chapters").glob("appendix-*.md"))
 # chapters that end with "## Summary" (three take-aways) and "## Try it" (two or three exercises
