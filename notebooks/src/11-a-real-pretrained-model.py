@@ -30,6 +30,7 @@ import tinylora as tl
 import tinylora.functional as F
 from tinylora import lora, nn, optim
 from tinylora.data import GENRES, list_plays, load_play
+from tinylora.evaluate import paired_diff
 from tinylora.models import pretrained
 from tinylora.models.llama import SmolLM2
 from tinylora.models.minilm import MiniLM, cosine_similarity, mean_pool
@@ -438,7 +439,7 @@ train_pool = [pr for p in all_plays if p.stem not in HELD_OUT_PLAYS for pr in di
 held_pool = [pr for p in all_plays if p.stem in HELD_OUT_PLAYS for pr in dialogue_pairs(p)]
 rng = np.random.default_rng(0)
 style_train = [train_pool[i] for i in rng.permutation(len(train_pool))[:LM_STEPS * LM_BATCH]]
-style_held = [held_pool[i] for i in rng.permutation(len(held_pool))[:4 if FAST else 24]]
+style_held = [held_pool[i] for i in rng.permutation(len(held_pool))[:4 if FAST else 128]]
 print(f"{len(train_pool):,} pairs from {len(all_plays) - len(HELD_OUT_PLAYS)} plays (we train on "
       f"{len(style_train)}), {len(held_pool):,} from the held-out plays (we score {len(style_held)})")
 for cue, reply in style_train[:3]:
@@ -474,15 +475,36 @@ def reply_loss(model, x, y):
     return F.cross_entropy(logits, flat[keep])
 
 
-def held_out_loss(model):
-    total = count = 0
+def pair_token_losses(model, pairs):
+    """For each pair, the losses of its scored tokens (the reply's words, then <|im_end|> last)."""
+    out = []
     with tl.no_grad():
-        for i in range(0, len(style_held), 8):
-            x, y = encode_pairs(style_held[i:i + 8])
-            n = int((y != IGNORE).sum())
-            total += reply_loss(model, x, y).item() * n
-            count += n
-    return total / count
+        for i in range(0, len(pairs), 8):
+            x, y = encode_pairs(pairs[i:i + 8])
+            h = model.hidden_states(x)  # (B, T, C)
+            keep = np.flatnonzero(y.reshape(-1) != IGNORE)  # scored positions, row by row, left to right
+            rows = keep // y.shape[1]
+            logits = tl.to_numpy(model.lm_head(h.reshape(-1, h.shape[-1])[keep]).data).astype(np.float64)  # (N, vocab)
+            top = logits.max(axis=1)
+            nll = np.log(np.exp(logits - top[:, None]).sum(axis=1)) + top - logits[np.arange(len(keep)), y.reshape(-1)[keep]]
+            out += [nll[rows == b] for b in range(len(x))]
+    return out
+
+
+def held_out_losses(model):
+    """Held-out loss over all reply tokens (<|im_end|> included, as trained) and over the words
+    alone (without <|im_end|>); and each pair's mean loss on its words, for paired comparisons."""
+    per = pair_token_losses(model, style_held)
+    with_end = np.concatenate(per).mean()
+    words = np.concatenate([t[:-1] for t in per]).mean()
+    return dict(loss=float(with_end), words=float(words), per_pair=np.array([t[:-1].mean() for t in per]))
+
+
+count_scored = sum(int((encode_pairs([pr])[1] != IGNORE).sum()) for pr in style_held)  # reply tokens + one end each
+
+
+def held_out_loss(model):
+    return held_out_losses(model)["loss"]
 
 
 x0, y0 = encode_pairs(style_train[:LM_BATCH])
@@ -523,9 +545,11 @@ for message in PROMPTS:
 print(f"sampled replies to {SAMPLED!r}: {replies_before['sampled']}")
 print(f"({time.perf_counter() - t:.1f} s for {len(PROMPTS)} greedy and 3 sampled replies)")
 t = time.perf_counter()
-loss_before = held_out_loss(smol)
-print(f"held-out loss (reply tokens, {len(HELD_OUT_PLAYS)} unseen plays) before: {loss_before:.3f} "
-      f"nats/token = perplexity {np.exp(loss_before):.0f}   ({time.perf_counter() - t:.1f} s)")
+held_before = held_out_losses(smol)
+loss_before = held_before["loss"]
+print(f"held-out loss ({len(style_held)} pairs from {len(HELD_OUT_PLAYS)} unseen plays) before: "
+      f"{loss_before:.3f} nats/token = perplexity {np.exp(loss_before):.0f} on reply tokens with <|im_end|>, "
+      f"{held_before['words']:.3f} on the reply's words alone   ({time.perf_counter() - t:.1f} s)")
 
 # %% [markdown]
 # ## 7. LoRA on SmolLM2: what trains, what it weighs
@@ -567,9 +591,9 @@ eval_clocks = []
 
 def held_out(model):  # train() calls this every LM_EVAL steps, in eval mode, without gradients
     with Clock() as clock:
-        loss = held_out_loss(model)
+        h = held_out_losses(model)
     eval_clocks.append(clock)
-    return {"loss": loss}
+    return {"loss": h["loss"], "words": h["words"]}
 
 
 LM_EVAL = max(1, LM_STEPS // 4)
@@ -588,7 +612,15 @@ print("held-out loss by step:", {0: round(loss_before, 3),
                                  **{r["step"]: round(r["eval_loss"], 3) for r in lm_history.rows}})
 print(f"held-out loss before {loss_before:.3f} -> after {loss_after:.3f} nats/token "
       f"(perplexity {np.exp(loss_before):.0f} -> {np.exp(loss_after):.0f})")
-HEADLINE.update({"SmolLM2 held-out loss before": round(loss_before, 3),
+held_qv = held_out_losses(smol)
+end_before = loss_before * count_scored - held_before["words"] * (count_scored - len(style_held))
+end_after = loss_after * count_scored - held_qv["words"] * (count_scored - len(style_held))
+print(f"without the end-of-turn token: the reply's words {held_before['words']:.3f} -> {held_qv['words']:.3f} "
+      f"nats/token; the <|im_end|> token alone {end_before / len(style_held):.3f} -> {end_after / len(style_held):.3f}")
+print(f"share of the drop in total held-out nats that is the end-of-turn token: "
+      f"{(end_before - end_after) / ((loss_before - loss_after) * count_scored):.0%}")
+HEADLINE.update({"SmolLM2 held-out pairs": len(style_held),
+                 "SmolLM2 held-out loss before": round(loss_before, 3),
                  "SmolLM2 held-out loss after": round(loss_after, 3),
                  "SmolLM2 LoRA step s CPU": round(lm_cpu / LM_STEPS, 2),
                  "SmolLM2 LoRA step s wall": round(lm_wall / LM_STEPS, 2)})
@@ -617,8 +649,10 @@ for b, a in zip(replies_before["sampled"], replies_after["sampled"]):
     print(f"   base:    {b!r}\n   adapted: {a!r}")
 
 # %% [markdown]
-# The base did not forget anything: its weights never changed. With the adapter switched off
-# (`disable_adapters`), the model answers as before; with it on, in the style it learned.
+# Two different things: the **base's weights** are unchanged (the adapter never writes to
+# them, and with `disable_adapters` the model is the original one again), but the **adapted
+# model** may still have lost a behaviour. Asked in the trained format (section 6's first
+# prompt), it now answers in the new terse style; through the default chat template:
 
 # %%
 with lora.disable_adapters(smol):
@@ -633,6 +667,49 @@ print(f"\nadapter file: {saved['parameters']:,} numbers, {saved['weights_bytes']
       f"{saved['config_bytes']:,} bytes of JSON")
 print(f"the GGUF file it adapts: {gguf_bytes:,} bytes = {gguf_bytes / saved['weights_bytes']:.0f} x larger")
 HEADLINE["SmolLM2 adapter file bytes"] = saved["weights_bytes"]
+
+# %% [markdown]
+# ## 8b. All linear layers instead of q and v
+#
+# Chapter 07 found adapters on every linear layer better than on q and v alone. The same run
+# with rank 8 on all seven projections of every layer (q, k, v, o and the MLP's gate, up and
+# down), as a second adapter on the same base: the same training pairs in the same order, the
+# same steps and the same learning rate (2e-3; neither run's learning rate was tuned, which a
+# SmolLM2 run of this length cannot afford on this CPU). The comparison is paired: each
+# held-out pair's loss on its reply's words (end-of-turn token left out) under both adapters.
+
+# %%
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+lora.add_adapter(smol, "all_linear", lora.LoRAConfig(r=8, alpha=16, target_modules=ALL_LINEAR))
+lora.set_adapter(smol, "all_linear")
+trainable_all = [p for p in smol.parameters() if p.requires_grad]
+print(f"all-linear adapter: {sum(p.size for p in trainable_all):,} trainable numbers "
+      f"(q and v: {counts['trainable']:,})")
+opt_all = optim.AdamW(trainable_all, lr=2e-3, weight_decay=0.0)
+lm_batches = (encode_pairs(style_train[i:i + LM_BATCH]) for i in range(0, len(style_train), LM_BATCH))
+eval_clocks = []
+with Clock() as clock:
+    all_history = train(smol, opt_all, lm_batches, LM_STEPS, loss_fn=reply_loss, eval_fn=held_out,
+                        eval_every=LM_EVAL, progress=False)
+all_wall = clock.wall - sum(c.wall for c in eval_clocks)
+held_all = held_out_losses(smol)
+d_words, se_words = paired_diff(held_all["per_pair"], held_qv["per_pair"])
+print(f"step time: all linear {all_wall / LM_STEPS:.2f} s wall, q and v {lm_wall / LM_STEPS:.2f} s wall")
+print(f"{'held-out, nats/token':<24} {'with <|im_end|>':>16} {'words only':>11}")
+print(f"{'base':<24} {loss_before:>16.3f} {held_before['words']:>11.3f}")
+print(f"{'LoRA on q, v':<24} {held_qv['loss']:>16.3f} {held_qv['words']:>11.3f}")
+print(f"{'LoRA on all linear':<24} {held_all['loss']:>16.3f} {held_all['words']:>11.3f}")
+print(f"all linear - q, v, per pair on the words: {d_words:+.3f} +- {se_words:.3f} nats/token "
+      f"(paired over {len(style_held)} held-out pairs)")
+print("all linear, default chat template:", repr(smol.chat(question, max_new_tokens=3 if FAST else 12)))
+q_ids = np.asarray([tok.encode(prompt(question))])
+print("all linear, trained format:       ",
+      repr(tok.decode(smol.generate(q_ids, NEW_TOKENS)[0, q_ids.shape[1]:], skip_special_tokens=True).strip()))
+HEADLINE.update({"SmolLM2 all-linear held-out loss": round(held_all["loss"], 3),
+                 "SmolLM2 all-linear words loss": round(held_all["words"], 3),
+                 "SmolLM2 q,v words loss": round(held_qv["words"], 3)})
+lora.delete_adapter(smol, "all_linear")  # back to the q, v adapter for the QLoRA timing below
+print("adapters left:", lora.adapter_names(smol))
 
 # %% [markdown]
 # ## 9. QLoRA in miniature: keep the frozen base in 4 bits
@@ -683,3 +760,31 @@ del qsmol
 # %%
 for k, v in HEADLINE.items():
     print(f"{k:42} {v:,}" if isinstance(v, int) else f"{k:42} {v}")
+
+
+# %% [markdown]
+# ## Try it
+#
+# Starting cells for the chapter's exercises; each runs as it is.
+#
+# **1. Score your own pairs.** Write a cue and a reply of your own and compare the base with
+# the adapted model on the reply's words (no end-of-turn token): which kind of reply did the
+# adapter make more likely?
+
+# %%
+my_pairs = [("Where is my lord?", "He is gone to the court, sir."),  # <- your own pairs
+            ("What time is it?", "It is about three o'clock in the afternoon.")]
+adapted_pairs = [t[:-1].mean() for t in pair_token_losses(smol, my_pairs)]
+with lora.disable_adapters(smol):
+    base_pairs = [t[:-1].mean() for t in pair_token_losses(smol, my_pairs)]
+for (cue, reply), b, a in zip(my_pairs, base_pairs, adapted_pairs):
+    print(f"{reply!r:48} base {b:.2f}  adapted {a:.2f} nats/token")
+
+# %% [markdown]
+# **2. Where did the adapter write?** The size of each layer's change, the norm of s B A for
+# q_proj and v_proj, layer by layer. Is it spread evenly over the 30 layers?
+
+# %%
+norms = [(name, float(np.linalg.norm(tl.to_numpy(layer.delta())))) for name, layer in lora.lora_layers(smol)]
+for name, n in norms[:4] + norms[-2:]:  # <- print them all, or plot them
+    print(f"{name:<32} ||s B A|| = {n:.3f}")
