@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import importlib
+import math
 import os
 import sys
 
@@ -162,11 +163,9 @@ def scatter_add(target, indices, values) -> None:
 def erf(x):
     """The error function, elementwise, to float64 accuracy, on either backend."""
     if isinstance(x, numpy.ndarray):
-        try:
+        try:  # lazy: scipy is optional (exact GELU); without it, math.erf element by element
             from scipy.special import erf as scipy_erf
         except ImportError:
-            import math
-
             return numpy.vectorize(math.erf, otypes=[x.dtype])(x)
         return scipy_erf(x)
     return importlib.import_module("cupyx.scipy.special").erf(x)
@@ -214,7 +213,7 @@ def versions() -> dict:
 
 def blas_info() -> dict:
     """NumPy's BLAS library and thread count, when threadpoolctl or env vars can tell."""
-    try:
+    try:  # lazy: threadpoolctl is optional
         from threadpoolctl import threadpool_info
 
         for pool in threadpool_info():

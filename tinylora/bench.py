@@ -10,15 +10,20 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 
-from . import backend
+from . import backend, lora
 from . import functional as F
+from .factories import manual_seed
+from .models import GPT, GPTConfig
+from .optim import AdamW
 from .tensor import Tensor
 
 MLP_SIZES = (784, 512, 512, 10)
@@ -293,9 +298,6 @@ GPT_BATCH = 32
 
 def gpt_problem(n_embd: int = 128, batch: int = GPT_BATCH, seed: int = 0, **overrides) -> dict:
     """A GPT config (nanoGPT-style, tied head), its initial weights and one batch of ids."""
-    from .models import GPT, GPTConfig
-    from .tensor import manual_seed
-
     shape = dict(GPT_SHAPE, n_embd=n_embd, **overrides)
     manual_seed(seed)
     with backend.use_backend("numpy"):
@@ -312,17 +314,12 @@ def gpt_tinylora_step(problem: dict, lora_r: int | None = None, lr: float = 1e-3
     floor=True trains only the biases of q_proj and v_proj: the same backward as LoRA's with
     adapters that cost nothing, so the least a LoRA step on q and v could take.
     """
-    from .models import GPT, GPTConfig
-    from .optim import AdamW
-
     model = GPT(GPTConfig(**problem["config"]))
     model.load_state_dict(problem["state"])
     if floor:
         for name, p in model.named_parameters():
             p.requires_grad_(name.endswith(("q_proj.bias", "v_proj.bias")))
     elif lora_r:
-        from . import lora
-
         lora.apply_lora(
             model, lora.LoRAConfig(r=lora_r, alpha=2 * lora_r, target_modules=("q_proj", "v_proj"))
         )
@@ -412,8 +409,6 @@ def gpt_torch_step(problem: dict, lora_r: int | None = None, lr: float = 1e-3):
 
 def _memory(step) -> dict:
     """Optimizer state bytes and the peak bytes traced during one more step (NumPy only)."""
-    import tracemalloc
-
     opt = getattr(step, "optimizer", None)
     out = {"optimizer_state_bytes": opt.state_bytes() if opt is not None else 0, "peak_step_bytes": None}
     if backend.get_backend() == "numpy":
@@ -632,8 +627,6 @@ def ratios(results: list) -> list:
 
 def machine_info(torch=None) -> dict:
     """What the numbers were measured on."""
-    import platform
-
     blas = backend.blas_info()
     info = {
         "python": platform.python_version(),

