@@ -156,8 +156,8 @@ def _softmax_rows(s, own=None):
     """Softmax over the last axis of scores s (..., Tk), shifted so that exp cannot overflow.
 
     The shift is each row's max (in place on s), or `own` (..., 1): a score the row is sure to
-    contain, such as a query's score with its own position. That saves the max over short
-    rows, which is slow, and each row still sums to at least exp(0) = 1; a row where some score
+    contain, such as a query's score with its own position. That saves a pass (the max) over
+    the scores, and each row still sums to at least exp(0) = 1; a row where some score
     exceeds its own by enough to overflow exp is redone with its max. Either way a row's result
     depends on that row alone.
     """
@@ -165,7 +165,7 @@ def _softmax_rows(s, own=None):
     if own is None:
         s -= s.max(axis=-1, keepdims=True)
         xp.exp(s, out=s)
-        s /= sum_last(s)  # row sums as one matrix-vector product: much faster than .sum(axis=-1) here
+        s /= sum_last(s)  # row sums as one matrix-vector product (see sums.py)
         return s
     e = s - own
     with np.errstate(over="ignore"):

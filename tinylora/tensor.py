@@ -130,6 +130,17 @@ def _as_array(data, dtype=None):
     return backend.asarray(data, dtype=dtype)
 
 
+def _numeric(data, dtype=None):
+    """`data` unchanged if it holds numbers (or bools); a TypeError naming any other dtype."""
+    kinds = [np.dtype(dtype)] if dtype is not None else []
+    if not isinstance(data, Tensor):
+        kinds.append(data.dtype if hasattr(data, "dtype") else np.asarray(data).dtype)
+    for dt in kinds:
+        if dt.kind not in "biufc":
+            raise TypeError(f"Tensor: expected numbers (float, int or bool data), got dtype {dt}")
+    return data
+
+
 class Tensor:
     """An array plus what autograd needs: requires_grad, .grad, and the op that made it."""
 
@@ -137,7 +148,7 @@ class Tensor:
     __array_ufunc__ = None  # numpy_array * tensor defers to Tensor.__rmul__
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
-        self.data = _as_array(data, dtype)  # the array (NumPy or CuPy)
+        self.data = _as_array(_numeric(data, dtype), dtype)  # the array (NumPy or CuPy)
         self.grad = None  # d(output)/d(self) after backward, same shape as data
         self.requires_grad = False
         self._prev = ()  # the inputs of the op that made this tensor (empty for a leaf)
@@ -585,7 +596,7 @@ class Tensor:
 
 
 def _power(a, p):
-    """a ** p for a python number p, with the common exponents computed without pow (much faster)."""
+    """a ** p for a python number p; the common exponents as products or sqrt, which cost less than pow."""
     if p == 1:
         return a.copy()
     if p == 2:

@@ -45,7 +45,7 @@ def plays_dir() -> Path:
     return folder
 
 
-def _check_genre(genre: str) -> str:
+def check_genre(genre: str) -> str:
     if genre not in GENRES:
         raise ValueError(f"unknown genre {genre!r}: expected one of {', '.join(GENRES)}")
     return genre
@@ -53,7 +53,7 @@ def _check_genre(genre: str) -> str:
 
 def list_plays(genre: str) -> list[Path]:
     """The Markdown files of one genre's plays, sorted by name."""
-    return sorted((plays_dir() / _check_genre(genre)).glob("*.md"))
+    return sorted((plays_dir() / check_genre(genre)).glob("*.md"))
 
 
 # curly quotes and dashes to ASCII; anything else non-ASCII is decomposed and its accents dropped
@@ -144,7 +144,7 @@ def _genre_tuple(genres) -> tuple[str, ...]:
     genres = tuple(dict.fromkeys(genres))  # drop repeats, keep order
     if not genres:
         raise ValueError(f"no genre given: choose from {', '.join(GENRES)}")
-    return tuple(_check_genre(g) for g in genres)
+    return tuple(check_genre(g) for g in genres)
 
 
 def load_text(genres: str | Iterable[str] = GENRES) -> str:
