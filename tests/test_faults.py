@@ -272,3 +272,20 @@ def test_lora_on_a_tied_embedding_never_changes_the_head():
     with tl.no_grad():
         model(IDS)
     np.testing.assert_array_equal(model.lm_head.weight.data, head)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.1", True], ids=repr)
+def test_vera_settings_are_checked_too(value):
+    with pytest.raises(
+        ValueError, match=f"VeRAConfig: d_initial must be a finite number, got {re.escape(repr(value))}"
+    ):
+        lora.VeRAConfig(r=2, d_initial=value)
+    assert lora.VeRAConfig(r=np.int64(2), projection_prng_key=np.int32(3)).r == 2
+
+
+def test_a_non_finite_loraplus_ratio_is_refused_by_the_optimizer():
+    tl.manual_seed(0)
+    model = models.MLP([4, 3, 2])
+    lora.apply_lora(model, lora.LoRAConfig(r=1, target_modules=("fc1",)))
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        lora.create_loraplus_optimizer(model, tl.optim.AdamW, 1e-3, loraplus_lr_ratio=float("nan"))

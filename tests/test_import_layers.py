@@ -23,6 +23,8 @@ def readme_layers() -> list:
     lines = block.split("tinylora/\n", 1)[1].splitlines()
     names = []
     for line in lines:
+        if line.startswith("   "):
+            continue  # a description's second line
         m = re.match(r"^  (\w+)(\.py|/)\s", line + " ")
         if not m:
             break  # the first line back at the left margin ends tinylora/'s listing

@@ -1,7 +1,7 @@
 """tinylora: LoRA from scratch, on a small autograd engine over NumPy (or CuPy)."""
 
 from ._version import __version__
-from .backend import available_backends, get_backend, set_backend, use_backend, xp
+from .backend import available_backends, get_backend, keep_freed_memory, set_backend, use_backend, xp
 from .tensor import Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad, to_numpy
 from .factories import cat, manual_seed, ones, rand, randn, stack, tensor, where, zeros
 from .gradcheck import GradcheckError, gradcheck
@@ -21,6 +21,7 @@ __all__ = [
     "use_backend",
     "available_backends",
     "xp",
+    "keep_freed_memory",
     "to_numpy",
     "gradcheck",
     "GradcheckError",

@@ -47,7 +47,7 @@ def _prepare_out(out: Path, force: bool) -> Path:
             raise FileExistsError(
                 f"--out {str(out)!r} is not empty; pass --force to replace it, or choose another --out"
             )
-        if not (out / MARKER).is_file() or out.is_symlink():
+        if not (out / MARKER).is_file():
             raise FileExistsError(
                 f"--out {str(out)!r} holds files that are not a tinylora report (it has no {MARKER} file), "
                 "so --force will not delete them: choose another --out, or empty that folder yourself"

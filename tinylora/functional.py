@@ -107,6 +107,7 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None)
     """
     x, weight, bias = _check_linear("lora_linear", x, weight, bias)
     A, B = as_tensor(lora_A), as_tensor(lora_B)
+    _same_backend("lora_linear", weight, A, B, None if x_adapter is None else as_tensor(x_adapter))
     n_out, n_in = weight.shape
     r = A.shape[0]
     if A.shape != (r, n_in) or B.shape != (n_out, r):

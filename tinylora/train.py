@@ -79,14 +79,32 @@ def _next_batch(next_batch, step: int, steps: int) -> tuple:
 
 def _check_finite_grads(params, step: int) -> None:
     """Raise before the update if any gradient holds NaN or infinity (the step is not taken)."""
-    bad = sum(
-        1 for p in params if p.grad is not None and not math.isfinite(float(p.grad.sum(dtype="float64")))
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or math.isfinite(float(sum(g.sum(dtype="float64") for g in grads))):  # one sync
+        return
+    bad = sum(1 for g in grads if not math.isfinite(float(g.sum(dtype="float64"))))
+    raise FloatingPointError(
+        f"training diverged at step {step}: {bad} of {len(params)} gradients hold NaN or infinity; "
+        "the step was not taken. Lower the learning rate or clip gradients (clip_norm=1.0)."
     )
-    if bad:
+
+
+def _step(model, optimizer, loss_fn, batch: tuple, step: int, clip_norm) -> float:
+    """One optimizer step on one batch; returns the loss. A NaN or infinite loss or gradient raises first."""
+    loss = loss_fn(model, *batch)
+    value = loss.item()
+    if not math.isfinite(value):
         raise FloatingPointError(
-            f"training diverged at step {step}: {bad} of {len(params)} gradients hold NaN or infinity; "
-            "the step was not taken. Lower the learning rate or clip gradients (clip_norm=1.0)."
+            f"training diverged at step {step}: the loss is {value}. Lower the learning rate "
+            "or clip gradients (clip_norm=1.0)."
         )
+    optimizer.zero_grad()
+    loss.backward()
+    _check_finite_grads(optimizer.params, step)
+    if clip_norm is not None:
+        clip_grad_norm_(optimizer.params, clip_norm)
+    optimizer.step()
+    return value
 
 
 def _evaluate(model, eval_fn) -> dict:
@@ -128,6 +146,7 @@ def train(
         clip_norm = number("train", "clip_norm", clip_norm, 0, above=True)
     next_batch = _batch_source(batches)
     if seed is not None:
+        seed = integer("train", "seed", seed, 0)
         manual_seed(seed)
     history, bar, start = History(), _progress(steps, desc, progress), time.perf_counter()
 
@@ -142,20 +161,7 @@ def train(
     recent = []
     try:
         for step in range(1, steps + 1):
-            x, y = _next_batch(next_batch, step, steps)
-            loss = loss_fn(model, x, y)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"training diverged at step {step}: the loss is {value}. Lower the learning rate "
-                    "or clip gradients (clip_norm=1.0)."
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            _check_finite_grads(optimizer.params, step)
-            if clip_norm is not None:
-                clip_grad_norm_(optimizer.params, clip_norm)
-            optimizer.step()
+            value = _step(model, optimizer, loss_fn, _next_batch(next_batch, step, steps), step, clip_norm)
             if schedule is not None:
                 schedule.step()
             history.train_losses.append((step, value))
@@ -178,6 +184,7 @@ def train(
 @no_grad()
 def evaluate_classifier(model, x, y, batch_size: int = 512) -> dict:
     """Mean cross-entropy and accuracy of a classifier on (x, y), in batches."""
+    batch_size = integer("evaluate_classifier", "batch_size", batch_size, 1)
     n = len(y)
     if n == 0:
         raise ValueError("evaluate_classifier: no examples")
@@ -195,6 +202,8 @@ def evaluate_lm(
     model, ids, block_size: int, batch_size: int = 32, batches: int = 8, seed: int = 1234
 ) -> dict:
     """Mean next-token cross-entropy of a language model on random windows of `ids` (fixed seed)."""
+    for name, value in (("block_size", block_size), ("batch_size", batch_size), ("batches", batches)):
+        integer("evaluate_lm", name, value, 1)
     ids = np.asarray(backend.to_numpy(ids))
     if len(ids) <= block_size + 1:
         raise ValueError(f"evaluate_lm: need more than block_size + 1 = {block_size + 1} ids, got {len(ids)}")

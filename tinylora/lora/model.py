@@ -104,10 +104,11 @@ def _check_can_adapt(model: Module, targets: list, config: LoRAConfig, adapter_n
         raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {adapter_name!r}")
     if config.init == "pissa":
         for name in targets:
-            if tied_to(model, name):
-                raise tied_weight_error("a PiSSA init", name, tied_to(model, name))
             mod = model.get_submodule(name)
-            shape = (mod.base if isinstance(mod, LoRALayer) else mod).weight.shape
+            base = mod.base if isinstance(mod, LoRALayer) else mod
+            if tied_to(model, name) and not isinstance(base, Embedding):  # (embeddings refuse PiSSA anyway)
+                raise tied_weight_error("a PiSSA init", name, tied_to(model, name))
+            shape = base.weight.shape
             if config.r > min(shape):
                 raise ValueError(
                     f"pissa init: r={config.r} is larger than min{shape} of the weight of {name}"

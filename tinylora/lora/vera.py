@@ -23,6 +23,7 @@ from .. import functional as F
 from .._version import __version__
 from ..io import WeightFileError, atomic_path, load_weights, read_metadata, save_weights
 from ..nn import Linear, Module, Parameter
+from ..nn.checks import integer, number
 from .config import _match, _patterns
 from .files import (
     CONFIG_NAME,
@@ -52,14 +53,11 @@ class VeRAConfig:
     modules_to_save: tuple = ()
 
     def __post_init__(self):
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+        self.r = integer("VeRAConfig", "r", self.r)
+        if self.r < 1:
             raise ValueError(f"VeRAConfig: r must be a positive integer, got {self.r!r}")
-        if isinstance(self.projection_prng_key, bool) or not isinstance(self.projection_prng_key, int):
-            raise ValueError(
-                f"VeRAConfig: projection_prng_key must be an integer, got {self.projection_prng_key!r}"
-            )
-        if isinstance(self.d_initial, bool) or not isinstance(self.d_initial, (int, float)):
-            raise ValueError(f"VeRAConfig: d_initial must be a number, got {self.d_initial!r}")
+        self.projection_prng_key = integer("VeRAConfig", "projection_prng_key", self.projection_prng_key)
+        self.d_initial = number("VeRAConfig", "d_initial", self.d_initial)
         if self.bias != "none" or self.modules_to_save:
             raise ValueError("VeRAConfig: only bias='none' and no modules_to_save are supported here")
         self.target_modules = _patterns("target_modules", self.target_modules)
