@@ -169,8 +169,15 @@ def test_gradcheck_perturbs_inputs_that_are_views():
 
 
 @given(a=arrays(hnp.array_shapes(min_dims=1, max_dims=2, max_side=3), elements=positive))
-def test_astype_roundtrip_grad(a):
-    assert check_grad(lambda x: (x.astype(np.float32).astype(np.float64) * 0 + x) ** 2, leaf(a))
+def test_astype_passes_the_gradient_back_in_the_input_dtype(a):
+    x = leaf(a)
+    y = x.astype(np.float32)
+    assert y.dtype == np.float32
+    u = np.random.default_rng(0).uniform(-2, 2, size=a.shape).astype(np.float32)
+    (y * tl.Tensor(u) * y).sum().backward()  # d/dx (u x^2) = 2 u x, computed in float32
+    assert x.grad.dtype == np.float64
+    np.testing.assert_allclose(x.grad, 2 * u * a.astype(np.float32), rtol=1e-6)
+    assert check_grad(lambda x_: x_.astype(np.float64) ** 2, leaf(a))  # a same-dtype cast
 
 
 @given(a=arrays(st.just((3, 3))))

@@ -160,75 +160,18 @@ def test_dropout_train_and_eval():
 
 
 # ---------------------------------------------------------------------------------------------
-# layers: gradients against central differences (float64)
-
-
-def test_gradcheck_linear():
-    lin = randomize(nn.Linear(4, 3).astype(np.float64))
-    x = f64(np.random.default_rng(0).standard_normal((2, 4)))
-    assert lin.weight.dtype == np.float64
-    assert tl.gradcheck(lambda x, w, b: lin(x), [x, lin.weight, lin.bias])
-    assert check_grad(lambda x, w, b: lin(x), x, lin.weight, lin.bias)
-    nobias = nn.Linear(4, 2, bias=False).astype(np.float64)
-    x3 = f64(np.random.default_rng(1).standard_normal((2, 3, 4)))
-    assert check_grad(lambda x, w: nobias(x), x3, nobias.weight)
-
-
-def test_gradcheck_embedding():
-    emb = nn.Embedding(6, 3).astype(np.float64)
-    ids = np.array([[0, 2, 2], [5, 2, 0]])  # repeated ids: gradients must add up
-    assert tl.gradcheck(lambda w: emb(ids), [emb.weight])
-    assert check_grad(lambda w: emb(ids), emb.weight)
-
-
-@pytest.mark.parametrize("bias", [True, False])
-def test_gradcheck_layer_norm(bias):
-    ln = randomize(nn.LayerNorm(5, bias=bias).astype(np.float64), seed=3)
-    x = f64(np.random.default_rng(4).standard_normal((3, 5)) * 2)
-    params = [ln.weight] + ([ln.bias] if bias else [])
-    assert check_grad(lambda x, *ps: ln(x), x, *params)
-    assert tl.gradcheck(lambda x, *ps: ln(x), [x, *params])
-
-
-def test_gradcheck_rms_norm():
-    rms = randomize(nn.RMSNorm(5).astype(np.float64), seed=5)
-    x = f64(np.random.default_rng(6).standard_normal((2, 2, 5)))
-    assert check_grad(lambda x, w: rms(x), x, rms.weight)
-    assert tl.gradcheck(lambda x, w: rms(x), [x, rms.weight])
-
-
-def test_gradcheck_dropout_with_fixed_seed():
-    d = nn.Dropout(0.4)
-    x = f64(np.random.default_rng(7).standard_normal((4, 5)))
-
-    def fn(x):
-        tl.manual_seed(11)  # the same mask on every call gradcheck makes
-        return d(x)
-
-    y = tl.to_numpy(fn(x).data)
-    assert (y == 0).any() and (y != 0).any()  # the mask does something
-    assert check_grad(fn, x)
-    assert tl.gradcheck(fn, [x])
-
-
-@pytest.mark.parametrize(
-    "layer",
-    [nn.GELU(), nn.GELU("none"), nn.ReLU(), nn.SiLU(), nn.Tanh()],
-    ids=["gelu-tanh", "gelu-exact", "relu", "silu", "tanh"],
-)
-def test_gradcheck_activations(layer):
-    a = np.random.default_rng(8).standard_normal((3, 4)) * 2
-    a = np.where(np.abs(a) < 0.05, 0.3, a)  # keep away from relu's kink
-    assert check_grad(layer, f64(a))
-    assert tl.gradcheck(layer, [f64(a)])
+# layers: gradients (each op is gradchecked in test_functional_properties.py; here, that the
+# layers hand every parameter to those ops)
 
 
 def test_gradcheck_sequential_through_all_parameters():
-    seq = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.GELU(), nn.Linear(6, 3), nn.SiLU())
+    seq = nn.Sequential(
+        nn.Linear(4, 6), nn.LayerNorm(6), nn.GELU(), nn.Linear(6, 3), nn.RMSNorm(3), nn.SiLU()
+    )
     seq.astype(np.float64)
     randomize(seq, seed=9)
     params = seq.parameters()
-    assert len(params) == 6 and all(p.dtype == np.float64 for p in params)
+    assert len(params) == 7 and all(p.dtype == np.float64 for p in params)
     x = f64(np.random.default_rng(10).standard_normal((2, 4)))
     assert check_grad(lambda x, *ps: seq(x), x, *params)
 

@@ -1,31 +1,18 @@
 """tinylora: LoRA from scratch, on a small autograd engine over NumPy (or CuPy)."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .backend import available_backends, get_backend, keep_freed_memory, set_backend, use_backend, xp
-from .tensor import (
-    Tensor,
-    cat,
-    enable_grad,
-    is_grad_enabled,
-    manual_seed,
-    no_grad,
-    ones,
-    rand,
-    randn,
-    stack,
-    tensor,
-    to_numpy,
-    where,
-    zeros,
-)
+from .tensor import Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad, to_numpy
+from .factories import cat, manual_seed, ones, rand, randn, stack, tensor, where, zeros
 from .gradcheck import GradcheckError, gradcheck
 from . import functional, reference
 from . import io, nn, models, optim, lora, lowrank, data
 
 __all__ = [
+    "__version__",
     "Tensor",
     "tensor",
+    "as_tensor",
     "no_grad",
     "enable_grad",
     "is_grad_enabled",

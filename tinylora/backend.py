@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import importlib
+import math
 import os
 import sys
 
@@ -201,8 +202,6 @@ def erf(x):
         try:
             from scipy.special import erf as scipy_erf  # optional: lazy, only exact GELU needs it
         except ImportError:
-            import math
-
             return numpy.vectorize(math.erf, otypes=[x.dtype])(x)
         return scipy_erf(x)
     return importlib.import_module("cupyx.scipy.special").erf(x)
@@ -252,7 +251,7 @@ def versions() -> dict:
 
 def blas_info() -> dict:
     """NumPy's BLAS library and thread count, when threadpoolctl or env vars can tell."""
-    try:
+    try:  # lazy: threadpoolctl is optional
         from threadpoolctl import threadpool_info
 
         for pool in threadpool_info():

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, backend
+from . import backend
+from ._version import __version__
+from .data import CharTokenizer, WindowSampler, corpus_tokenizer, load_digits, load_shakespeare
+from .factories import manual_seed
 from .io import atomic_path, check_writable, load_weights, save_weights
 from .models import GPT, MLP, GPTConfig
 from .optim import AdamW, CosineSchedule
-from .tensor import manual_seed
 from .train import evaluate_classifier, evaluate_lm, train
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -100,8 +102,6 @@ def load_base(name: str, directory=None, verify: bool = True) -> Base:
         model = MLP(**card["config"])
         tokenizer = None
     else:
-        from .data import CharTokenizer
-
         model = GPT(GPTConfig(**card["config"]))
         tokenizer = CharTokenizer.from_dict(card["tokenizer"])
     model.load_state_dict(load_weights(weights_path))
@@ -133,8 +133,6 @@ def _machine() -> dict:
 
 def pretrain_digits(directory, steps: int | None = None, progress: bool = True) -> dict:
     """Train the digits MLP on upright digits and write it (and its card) to `directory`."""
-    from .data import load_digits
-
     r = dict(DIGITS_RECIPE, steps=steps or DIGITS_RECIPE["steps"])
     data = load_digits()
     manual_seed(r["seed"])
@@ -188,16 +186,12 @@ def pretrain_digits(directory, steps: int | None = None, progress: bool = True) 
 
 
 def _rotated_test():
-    from .data import load_digits
-
     d = load_digits(rotate=True)
     return d.x_test, d.y_test
 
 
 def pretrain_shakespeare(directory, steps: int | None = None, progress: bool = True) -> dict:
     """Train the character GPT on every genre except comedies and write it (and its card)."""
-    from .data import WindowSampler, corpus_tokenizer, load_shakespeare
-
     r = dict(SHAKESPEARE_RECIPE, steps=steps or SHAKESPEARE_RECIPE["steps"])
     tok = corpus_tokenizer()
     data = load_shakespeare(tuple(r["genres"]), tokenizer=tok)
@@ -236,8 +230,6 @@ def pretrain_shakespeare(directory, steps: int | None = None, progress: bool = T
 
 def _shakespeare_card(model, r: dict, tok, data, val_loss, history, seconds: float) -> dict:
     """The card of a trained Shakespeare base: config, data, recipe, metrics (with a unigram floor), sample."""
-    from .data import load_shakespeare
-
     held_out = load_shakespeare((r["held_out_genre"],), tokenizer=tok)
     counts = np.bincount(data.train, minlength=tok.vocab_size).astype(np.float64)
     p = counts / counts.sum()

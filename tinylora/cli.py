@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 
-from . import __version__, backend
+from . import backend
+from ._version import __version__
 
 
 def cmd_info(args) -> int:
@@ -69,7 +71,7 @@ def _count(minimum: int):
 
 def cmd_demo(args) -> int:
     """Full fine-tuning vs LoRA on the shipped bases; writes a report folder."""
-    from .demo import run_demo
+    from .demo import run_demo  # lazy, like bench and bases below: `tinylora info` starts fast
 
     if len(args.backend) != 1:
         raise SystemExit("tinylora demo: --backend takes one backend (numpy or cupy)")
@@ -86,9 +88,7 @@ def cmd_demo(args) -> int:
 
 def cmd_bench(args) -> int:
     """Time training steps (MLP, GPT; full and LoRA) per backend, optionally against PyTorch."""
-    import json
-
-    from .bench import check_widths, run_bench
+    from .bench import check_widths, run_bench  # lazy: CLI start-up time
 
     quiet = (lambda *a, **k: None) if args.json else print
     available = backend.available_backends()
@@ -129,7 +129,7 @@ def cmd_bench(args) -> int:
 
 def cmd_pretrain(args) -> int:
     """Train a base again into --out (or, with --into-package, over the shipped one)."""
-    from .bases import ASSETS, pretrain
+    from .bases import ASSETS, pretrain  # lazy: CLI start-up time
 
     if args.out is None and not args.into_package:
         print(

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, lora
+from . import lora
+from ._version import __version__
 from .backend import device_name, get_backend, set_backend
 from .bases import load_base
 from .data import WindowSampler, load_digits, load_shakespeare
@@ -214,11 +215,11 @@ def _markdown_table(cells: list) -> str:
 
 
 def _plot(rows: list, task: str, path: Path) -> bool:
-    try:
+    try:  # lazy: matplotlib is optional (the report is written without plots)
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # after use("Agg"), so no display is needed
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import backend
 from .data import load_digits
-from .data.shakespeare import _check_genre, corpus_tokenizer, list_plays, load_play, train_val_split
+from .data.shakespeare import check_genre, corpus_tokenizer, list_plays, load_play, train_val_split
 from .tensor import no_grad
 
 VAL_FRACTION = 0.1  # as load_shakespeare: the last 10% of every play is held out
@@ -59,7 +59,7 @@ def _restore(modes) -> None:
 
 def heldout_set(genre: str, block_size: int = 64, n: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """n fixed windows (x, y), int64 (n, block_size), evenly spaced over one genre's held-out text."""
-    genre = _check_genre(genre)
+    genre = check_genre(genre)
     block_size = _positive_int(block_size, "block_size", "heldout_set")
     n = _positive_int(n, "n", "heldout_set")
     x, y = _heldout_cached(genre, block_size, n)

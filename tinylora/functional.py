@@ -1,4 +1,8 @@
-"""Differentiable functions on Tensors, each with a hand-written (fused) backward pass."""
+"""Differentiable functions on Tensors, each with a hand-written (fused) backward pass.
+
+`tinylora.reference` holds the textbook version of each fused op (same names, the engine's
+backward); tests/test_reference.py checks that both agree. Attention lives in `attention`.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,31 @@ import math
 import numpy as np
 
 from . import backend
-from .tensor import Tensor, is_grad_enabled
+from .attention import scaled_dot_product_attention
+from .sums import sum_last, sum_leading
+from .tensor import Tensor, as_tensor, is_grad_enabled
+
+__all__ = [
+    "linear",
+    "lora_delta",
+    "lora_linear",
+    "relu",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "log_softmax",
+    "cross_entropy",
+    "layer_norm",
+    "rms_norm",
+    "embedding",
+    "dropout",
+    "scaled_dot_product_attention",
+]
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
-
-
-def _t(x) -> Tensor:
-    """x as a Tensor (arrays and numbers become constant leaves)."""
-    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 def _xp(t: Tensor):
@@ -28,49 +48,13 @@ def _same_backend(op: str, *ts) -> None:
         backend.check_same_backend(op, *[t.data for t in ts if t is not None])
 
 
-def _flat_rows(data, n: int):
-    """A (rows, n) view of data (..., n), copying only if it is not contiguous."""
-    return data.reshape(-1, n)
-
-
-_ones_cache: dict = {}
-
-
-def _ones(n: int, like):
-    """A cached vector of n ones in like's dtype and backend."""
-    xp = backend.module_of(like)
-    key = (n, like.dtype.str, xp.__name__)
-    v = _ones_cache.get(key)
-    if v is None:
-        if len(_ones_cache) > 256:
-            _ones_cache.clear()
-        v = _ones_cache[key] = xp.ones(n, dtype=like.dtype)
-    return v
-
-
-# Sums over an axis written as matrix-vector products: BLAS runs them several times faster
-# than numpy's reductions (and on both cores), and they are a good part of a training step.
-
-
-def sum_last(a):
-    """a.sum(axis=-1, keepdims=True) for a float array (..., D), computed as a @ ones."""
-    d = a.shape[-1]
-    return (_flat_rows(a, d) @ _ones(d, a)).reshape(*a.shape[:-1], 1)
-
-
-def sum_leading(a):
-    """Sum of a float array (..., D) over every axis but the last, as ones @ a -> (D,)."""
-    a2 = _flat_rows(a, a.shape[-1])
-    return _ones(a2.shape[0], a) @ a2
-
-
 # ---- linear -------------------------------------------------------------------------------------
 
 
 def _check_linear(op: str, x, weight, bias) -> tuple:
     """Tensors for x, weight (out, in), bias (out,) or None, with errors in the reader's terms."""
-    x, weight = _t(x), _t(weight)
-    bias = None if bias is None else _t(bias)
+    x, weight = as_tensor(x), as_tensor(weight)
+    bias = None if bias is None else as_tensor(bias)
     _same_backend(op, x, weight, bias)
     if weight.ndim != 2:
         raise ValueError(f"{op}: weight must be 2-D (out, in), got shape {weight.shape}")
@@ -90,7 +74,7 @@ def linear(x, weight, bias=None) -> Tensor:
     x, weight, bias = _check_linear("linear", x, weight, bias)
     n_out, n_in = weight.shape
     w = weight.data
-    x2 = _flat_rows(x.data, n_in)  # (N, in)
+    x2 = x.data.reshape(-1, n_in)  # (N, in)
     y = x2 @ w.T  # (N, out)
     if bias is not None:
         y += bias.data
@@ -122,39 +106,39 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None)
     matmuls: its weight gradient is never formed.
     """
     x, weight, bias = _check_linear("lora_linear", x, weight, bias)
-    A, Bm = _t(lora_A), _t(lora_B)
-    _same_backend("lora_linear", weight, A, Bm, None if x_adapter is None else _t(x_adapter))
+    A, B = as_tensor(lora_A), as_tensor(lora_B)
+    _same_backend("lora_linear", weight, A, B, None if x_adapter is None else as_tensor(x_adapter))
     n_out, n_in = weight.shape
     r = A.shape[0]
-    if A.shape != (r, n_in) or Bm.shape != (n_out, r):
+    if A.shape != (r, n_in) or B.shape != (n_out, r):
         raise ValueError(
-            f"lora_linear: A {A.shape} and B {Bm.shape} do not fit weight {weight.shape} "
+            f"lora_linear: A {A.shape} and B {B.shape} do not fit weight {weight.shape} "
             f"(need A (r, {n_in}) and B ({n_out}, r))"
         )
-    xa = x if x_adapter is None else _t(x_adapter)
-    x2 = _flat_rows(x.data, n_in)  # (N, in)
-    xa2 = x2 if xa is x else _flat_rows(xa.data, n_in)  # (N, in)
+    xa = x if x_adapter is None else as_tensor(x_adapter)
+    x2 = x.data.reshape(-1, n_in)  # (N, in)
+    xa2 = x2 if xa is x else xa.data.reshape(-1, n_in)  # (N, in)
     # With one input and more rows than W has entries per (in + out), folding s B A into W costs
     # fewer flops than the two thin products: y = x (W + s B A)^T, and gx = g (W + s B A) below.
     fold = xa is x and x2.shape[0] * (n_in + n_out) > n_in * n_out
-    w = weight.data + lora_delta(A.data, Bm.data, scaling) if fold else weight.data  # (out, in)
+    w = weight.data + lora_delta(A.data, B.data, scaling) if fold else weight.data  # (out, in)
     h = None  # (N, r): s A x, the input projected onto the adapter's r directions
-    if not fold or (Bm.requires_grad and is_grad_enabled()):  # folded, only B's gradient needs it
+    if not fold or (B.requires_grad and is_grad_enabled()):  # folded, only B's gradient needs it
         h = xa2 @ A.data.T
         h *= scaling
     y = x2 @ w.T  # (N, out)
     if not fold:
-        y += h @ Bm.data.T  # (N, out): + s * B A x
+        y += h @ B.data.T  # (N, out): + s * B A x
     if bias is not None:
         y += bias.data
     out = y.reshape(*x.shape[:-1], n_out)
 
     def backward(g):  # g (..., out)
         g2 = g.reshape(-1, n_out)  # (N, out)
-        gB = g2.T @ h if Bm.requires_grad and h is not None else None  # (out, r) = s * g^T (A x)
+        gB = g2.T @ h if B.requires_grad and h is not None else None  # (out, r) = s * g^T (A x)
         gh = None
         if A.requires_grad or xa.requires_grad:
-            gh = g2 @ Bm.data  # (N, r)
+            gh = g2 @ B.data  # (N, r)
             gh *= scaling
         gA = gh.T @ xa2 if A.requires_grad else None  # (r, in)
         gx = gxa = None
@@ -170,7 +154,7 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None)
         grads = [gx, gw] + ([gb] if bias is not None else []) + [gA, gB]
         return grads + ([gxa] if xa is not x else [])
 
-    parents = (x, weight) + ((bias,) if bias is not None else ()) + (A, Bm) + ((xa,) if xa is not x else ())
+    parents = (x, weight) + ((bias,) if bias is not None else ()) + (A, B) + ((xa,) if xa is not x else ())
     return Tensor._node(out, "lora_linear", parents, backward)
 
 
@@ -179,12 +163,12 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None)
 
 def relu(x) -> Tensor:
     """max(x, 0)."""
-    return _t(x).relu()
+    return as_tensor(x).relu()
 
 
 def gelu(x, approximate: str = "tanh") -> Tensor:
     """GELU: x * Phi(x), exactly ("none", via erf) or in GPT-2's tanh form ("tanh")."""
-    x = _t(x)
+    x = as_tensor(x)
     a = x.data
     xp = _xp(x)
     if approximate == "tanh":
@@ -211,7 +195,7 @@ def _gelu_tanh(a, grad: bool) -> tuple:
 
     d/da = p + a dp/da = p + 2 a p (1 - p) s (1 + 3k a^2), since 1 - tanh^2 = 4 p (1 - p).
     The forward leaves the derivative behind, so the backward is one product. Written pass by
-    pass into a few buffers (and never a**3: numpy's pow is ~300x slower than two products).
+    pass into a few buffers; u is a (s + s k a^2), so no power is taken.
     """
     xp = backend.module_of(a)
     a2 = a * a
@@ -235,7 +219,7 @@ def _gelu_tanh(a, grad: bool) -> tuple:
 
 def silu(x) -> Tensor:
     """x * sigmoid(x) (also called swish)."""
-    x = _t(x)
+    x = as_tensor(x)
     a = x.data
     s = _xp(x).tanh(a * 0.5)
     s += 1
@@ -249,12 +233,12 @@ def silu(x) -> Tensor:
 
 def sigmoid(x) -> Tensor:
     """1 / (1 + e^-x)."""
-    return _t(x).sigmoid()
+    return as_tensor(x).sigmoid()
 
 
 def tanh(x) -> Tensor:
     """Hyperbolic tangent."""
-    return _t(x).tanh()
+    return as_tensor(x).tanh()
 
 
 # ---- softmax family ---------------------------------------------------------------------------------
@@ -262,7 +246,7 @@ def tanh(x) -> Tensor:
 
 def softmax(x, axis: int = -1) -> Tensor:
     """exp(x) / sum(exp(x)) along `axis`, shifted by the max so it never overflows."""
-    x = _t(x)
+    x = as_tensor(x)
     xp = _xp(x)
     total = sum_last if axis in (-1, x.ndim - 1) else lambda a: a.sum(axis=axis, keepdims=True)
     s = x.data - x.data.max(axis=axis, keepdims=True)
@@ -279,7 +263,7 @@ def softmax(x, axis: int = -1) -> Tensor:
 
 def log_softmax(x, axis: int = -1) -> Tensor:
     """x - logsumexp(x) along `axis`, computed stably."""
-    x = _t(x)
+    x = as_tensor(x)
     xp = _xp(x)
     shifted = x.data - x.data.max(axis=axis, keepdims=True)
     out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
@@ -321,13 +305,13 @@ def _targets(targets, shape: tuple, n_classes: int, ignore_index, op: str, on: s
 
 def cross_entropy(logits, targets, ignore_index: int | None = None) -> Tensor:
     """Mean negative log-likelihood of integer `targets` under softmax(logits) over the last axis."""
-    logits = _t(logits)
+    logits = as_tensor(logits)
     if logits.ndim < 1:
         raise ValueError("cross_entropy: logits need a class axis; got a scalar")
     n_classes = logits.shape[-1]
     t = _targets(targets, logits.shape[:-1], n_classes, ignore_index, "cross_entropy", logits.backend)
     xp = _xp(logits)
-    z = _flat_rows(logits.data, n_classes)  # (N, C)
+    z = logits.data.reshape(-1, n_classes)  # (N, C)
     rows = xp.arange(z.shape[0])
     keep = None if ignore_index is None else t != ignore_index
     t_safe = t if keep is None else xp.where(keep, t, 0)
@@ -359,9 +343,9 @@ def cross_entropy(logits, targets, ignore_index: int | None = None) -> Tensor:
 
 def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis."""
-    x = _t(x)
-    weight = None if weight is None else _t(weight)
-    bias = None if bias is None else _t(bias)
+    x = as_tensor(x)
+    weight = None if weight is None else as_tensor(weight)
+    bias = None if bias is None else as_tensor(bias)
     _same_backend("layer_norm", x, weight, bias)
     d = x.shape[-1]
     for name, p in (("weight", weight), ("bias", bias)):
@@ -398,8 +382,8 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
 
 def rms_norm(x, weight=None, eps: float = 1e-6) -> Tensor:
     """x / sqrt(mean(x^2) + eps) * weight over the last axis (LLaMA's RMSNorm)."""
-    x = _t(x)
-    weight = None if weight is None else _t(weight)
+    x = as_tensor(x)
+    weight = None if weight is None else as_tensor(weight)
     _same_backend("rms_norm", x, weight)
     d = x.shape[-1]
     if weight is not None and weight.shape != (d,):
@@ -430,7 +414,7 @@ def rms_norm(x, weight=None, eps: float = 1e-6) -> Tensor:
 
 def embedding(ids, weight) -> Tensor:
     """Rows of weight (num, dim) picked by integer ids (any shape) -> (*ids.shape, dim)."""
-    weight = _t(weight)
+    weight = as_tensor(weight)
     if weight.ndim != 2:
         raise ValueError(f"embedding: weight must be 2-D (num, dim), got shape {weight.shape}")
     num, dim = weight.shape
@@ -459,7 +443,7 @@ def dropout(x, p: float = 0.5, training: bool = True) -> Tensor:
     """Zero each element with probability p and scale the rest by 1/(1-p), in training only."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
-    x = _t(x)
+    x = as_tensor(x)
     if not training or p == 0.0:
         return x
     if p == 1.0:
@@ -467,166 +451,3 @@ def dropout(x, p: float = 0.5, training: bool = True) -> Tensor:
     mask = (backend.rng(x.backend).random(x.shape, dtype=np.float32) >= p).astype(x.dtype)
     mask *= 1.0 / (1.0 - p)
     return Tensor._node(x.data * mask, "dropout", (x,), lambda g: (g * mask,))
-
-
-# ---- attention ------------------------------------------------------------------------------------
-
-_causal_cache: dict = {}
-
-
-def _causal_bias(tq: int, tk: int, dtype, xp):
-    """(tq, tk) scores to add: 0 where a query may see a key, -inf where the key is in its future.
-
-    Queries are the last tq positions of the tk keys (so it also serves a KV cache). Adding it
-    is one pass, cheaper than a masked copy.
-    """
-    key = (tq, tk, np.dtype(dtype).str, xp.__name__)
-    if key not in _causal_cache:
-        if len(_causal_cache) > 64:
-            _causal_cache.clear()
-        bias = xp.zeros((tq, tk), dtype=dtype)
-        bias[xp.arange(tk)[None, :] > xp.arange(tk - tq, tk)[:, None]] = -xp.inf  # keys after the query
-        _causal_cache[key] = bias
-    return _causal_cache[key]
-
-
-def scaled_dot_product_attention(
-    q,
-    k,
-    v,
-    causal: bool = True,
-    mask=None,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    training: bool = True,
-) -> Tensor:
-    """softmax(q @ k^T * scale + masks) @ v over (..., T, head_dim) inputs.
-
-    q (..., Hq, Tq, D), k (..., Hk, Tk, D), v (..., Hk, Tk, Dv); when Hq is a multiple of Hk
-    the query heads share key/value heads in groups (grouped-query attention). `mask` is a
-    boolean array broadcastable to (..., Tq, Tk), True where attention is allowed.
-    """
-    q, k, v = _t(q), _t(k), _t(v)
-    _same_backend("scaled_dot_product_attention", q, k, v)
-    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
-        raise ValueError(
-            f"scaled_dot_product_attention: need (..., T, D) inputs, got {q.shape}, {k.shape}, {v.shape}"
-        )
-    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape}: q and k need the "
-            "same head_dim and k and v the same length"
-        )
-    xp = _xp(q)
-    qd, kd, vd = q.data, k.data, v.data
-    groups = 1
-    if q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] != k.shape[-3] and k.shape[-3] != 1:
-        hq, hk = q.shape[-3], k.shape[-3]
-        if hq % hk or k.shape[-3] != v.shape[-3]:
-            raise ValueError(
-                f"scaled_dot_product_attention: {hq} query heads cannot share {hk} key/value heads"
-            )
-        groups = hq // hk  # q (..., Hk, G, Tq, D); k, v (..., Hk, 1, Tk, D)
-        qd = qd.reshape(*q.shape[:-3], hk, groups, *q.shape[-2:])
-        kd, vd = kd[..., None, :, :], vd[..., None, :, :]
-    tq, tk = q.shape[-2], k.shape[-2]
-    if causal and tq > tk:
-        raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {tq} > {tk}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    qs = qd * scale  # scaling q (Tq x D) is cheaper than scaling the scores (Tq x Tk)
-    s = qs @ xp.ascontiguousarray(
-        kd.swapaxes(-1, -2)
-    )  # (..., Tq, Tk) = q k^T / sqrt(D); BLAS likes k^T laid out
-    if causal:
-        s += _causal_bias(tq, tk, s.dtype, xp)
-    if mask is not None:
-        allowed = mask.data if isinstance(mask, Tensor) else backend.asarray(mask, backend=q.backend)
-        if groups > 1 and allowed.ndim >= 3:
-            allowed = (
-                allowed[..., None, :, :]
-                if allowed.shape[-3] == 1
-                else allowed.reshape(*allowed.shape[:-3], -1, groups, *allowed.shape[-2:])
-            )
-        xp.copyto(s, xp.finfo(s.dtype).min, where=~allowed.astype(bool))
-    # causal without a mask: each query may always see its own position, tk - tq + i
-    own = xp.diagonal(s, tk - tq, -2, -1)[..., None] if causal and mask is None else None  # (..., Tq, 1)
-    p = _softmax_rows(s, own)  # attention weights (..., Tq, Tk)
-    drop = None
-    if dropout_p > 0.0 and training:
-        drop = (backend.rng(q.backend).random(p.shape, dtype=np.float32) >= dropout_p).astype(p.dtype) / (
-            1 - dropout_p
-        )
-    pd = p if drop is None else p * drop
-    out = _matmul_like(pd, vd, qd)  # (..., Tq, Dv), laid out like q (heads-last: no copy to merge heads)
-
-    def backward(g):
-        g = g.reshape(out.shape)
-        gq = gk = gv = None
-        if v.requires_grad:
-            gv = _ungroup(_matmul_like(pd.swapaxes(-1, -2), g, vd), v.data.shape, groups)  # (..., Tk, Dv)
-        if q.requires_grad or k.requires_grad:
-            gp = g @ xp.ascontiguousarray(vd.swapaxes(-1, -2))  # (..., Tq, Tk)
-            if drop is not None:
-                gp *= drop
-            gs = gp
-            _softmax_rows_backward(gs, p)
-            if q.requires_grad:
-                gq = _matmul_like(gs, kd, qd)  # (..., Tq, D), laid out like q
-                gq *= scale
-                gq = gq.reshape(q.data.shape)
-            if k.requires_grad:
-                gk = _ungroup(_matmul_like(gs.swapaxes(-1, -2), qs, kd), k.data.shape, groups)  # (..., Tk, D)
-        return gq, gk, gv
-
-    final = out.reshape(*out.shape[:-4], -1, *out.shape[-2:]) if groups > 1 else out
-    return Tensor._node(final, "attention", (q, k, v), backward)
-
-
-def _matmul_like(a, b, like):
-    """a @ b, written into an array with the memory layout of `like` when the shapes agree.
-
-    q, k and v are usually views of a (B, T, H, D) projection; results laid out the same way
-    turn back into (B, T, C) without a copy.
-    """
-    if a.shape[:-2] != b.shape[:-2] or like.shape != (*a.shape[:-1], b.shape[-1]):
-        return a @ b
-    xp = backend.module_of(a)
-    return xp.matmul(a, b, out=xp.empty_like(like))
-
-
-def _softmax_rows(s, own=None):
-    """Softmax over the last axis of scores s (..., Tk), shifted so that exp cannot overflow.
-
-    The shift is each row's max (in place on s), or `own` (..., 1): a score the row is sure to
-    contain, such as a query's score with its own position. That saves the max over short
-    rows, which is slow, and each row still sums to at least exp(0) = 1; a row where some score
-    exceeds its own by enough to overflow exp is redone with its max. Either way a row's result
-    depends on that row alone.
-    """
-    xp = backend.module_of(s)
-    if own is None:
-        s -= s.max(axis=-1, keepdims=True)
-        xp.exp(s, out=s)
-        s /= sum_last(s)  # row sums as one matrix-vector product: much faster than .sum(axis=-1) here
-        return s
-    e = s - own
-    with np.errstate(over="ignore"):
-        xp.exp(e, out=e)
-    total = sum_last(e)  # (..., 1)
-    bad = ~xp.isfinite(total[..., 0])
-    if bad.any():
-        e[bad] = _softmax_rows(s[bad])
-        total[bad] = 1
-    e /= total
-    return e
-
-
-def _softmax_rows_backward(gp, p):
-    """gp <- p * (gp - sum(gp * p)): the softmax backward, in place on the incoming gradient."""
-    gp -= sum_last(gp * p)
-    gp *= p
-
-
-def _ungroup(g, shape, groups: int):
-    """Sum a grouped (..., Hk, G, T, D) key/value gradient over its G query heads."""
-    return g.sum(axis=-3) if groups > 1 else g  # the engine unbroadcasts anything else

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend
-from .tensor import Tensor, _topological_order, no_grad
+from .tensor import Tensor, no_grad, topological_order
 
 
 class GradcheckError(AssertionError):
@@ -39,7 +39,7 @@ def analytical_jacobians(fn, inputs, indices) -> dict:
     outs = _outputs(fn, inputs)
     n_out = sum(o.data.size for o in outs)
     jac = {i: np.zeros((n_out, inputs[i].data.size)) for i in indices}
-    leaves = {id(n): n for o in outs if o.requires_grad for n in _topological_order(o) if n.is_leaf}
+    leaves = {id(n): n for o in outs if o.requires_grad for n in topological_order(o) if n.is_leaf}
     saved = {k: n.grad for k, n in leaves.items()}
     try:
         row = 0

@@ -20,7 +20,7 @@ class WeightFileError(ValueError):
 
 
 def _safetensors_numpy():
-    try:
+    try:  # lazy: safetensors is optional until a weight file is read or written
         from safetensors import numpy as st_numpy
     except ImportError:
         raise ImportError(

@@ -11,17 +11,12 @@ import math
 import numpy as np
 
 from . import backend
-from .tensor import Tensor
-
-
-def _t(x) -> Tensor:
-    """x as a Tensor (arrays and numbers become constant leaves)."""
-    return x if isinstance(x, Tensor) else Tensor(x)
+from .tensor import Tensor, as_tensor
 
 
 def linear(x, weight, bias=None) -> Tensor:
     """y = x @ weight.T + bias, with weight (out, in) and bias (out,)."""
-    y = _t(x) @ _t(weight).T  # (..., in) @ (in, out) -> (..., out)
+    y = as_tensor(x) @ as_tensor(weight).T  # (..., in) @ (in, out) -> (..., out)
     return y if bias is None else y + bias
 
 
@@ -34,21 +29,21 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None)
 
 def softmax(x, axis: int = -1) -> Tensor:
     """exp(x) / sum(exp(x)) along `axis`, shifted by the max so exp cannot overflow."""
-    x = _t(x)
+    x = as_tensor(x)
     e = (x - x.max(axis, keepdims=True).detach()).exp()  # the shift is a constant: same result
     return e / e.sum(axis, keepdims=True)
 
 
 def log_softmax(x, axis: int = -1) -> Tensor:
     """x - log(sum(exp(x))) along `axis`, shifted by the max so exp cannot overflow."""
-    x = _t(x)
+    x = as_tensor(x)
     shifted = x - x.max(axis, keepdims=True).detach()
     return shifted - shifted.exp().sum(axis, keepdims=True).log()
 
 
 def cross_entropy(logits, targets, ignore_index: int | None = None) -> Tensor:
     """Mean negative log-likelihood of integer `targets` under softmax(logits) over the last axis."""
-    logits = _t(logits)
+    logits = as_tensor(logits)
     t = targets.data if isinstance(targets, Tensor) else targets
     t = backend.asarray(np.asarray(t) if isinstance(t, (list, int)) else t, backend=logits.backend)
     t = t.reshape(-1)  # (N,)
@@ -61,7 +56,7 @@ def cross_entropy(logits, targets, ignore_index: int | None = None) -> Tensor:
 
 def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis."""
-    x = _t(x)
+    x = as_tensor(x)
     xc = x - x.mean(-1, keepdims=True)  # (..., D) centred
     var = (xc * xc).mean(-1, keepdims=True)  # (..., 1)
     y = xc / (var + eps).sqrt()
@@ -71,14 +66,14 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
 
 def rms_norm(x, weight=None, eps: float = 1e-6) -> Tensor:
     """x / sqrt(mean(x^2) + eps) * weight over the last axis (LLaMA's RMSNorm)."""
-    x = _t(x)
+    x = as_tensor(x)
     y = x / ((x * x).mean(-1, keepdims=True) + eps).sqrt()
     return y if weight is None else y * weight
 
 
 def gelu(x, approximate: str = "tanh") -> Tensor:
     """GELU: x * Phi(x), exactly ("none", via erf) or in GPT-2's tanh form ("tanh")."""
-    x = _t(x)
+    x = as_tensor(x)
     if approximate == "tanh":
         return 0.5 * x * (1 + (math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)).tanh())
     if approximate == "none":
@@ -97,7 +92,7 @@ def scaled_dot_product_attention(
     training: bool = True,
 ) -> Tensor:
     """softmax(q @ k^T * scale + masks) @ v over (..., T, head_dim) inputs."""
-    q, k, v = _t(q), _t(k), _t(v)
+    q, k, v = as_tensor(q), as_tensor(k), as_tensor(v)
     xp = backend.module_of(q.data)
     if q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] != k.shape[-3] and k.shape[-3] != 1:
         heads = xp.arange(q.shape[-3]) // (q.shape[-3] // k.shape[-3])  # query head -> its kv head

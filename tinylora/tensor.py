@@ -1,21 +1,26 @@
-"""Tensor and reverse-mode autograd: every op's forward and its backward side by side.
+"""Tensor and reverse-mode autograd: the idea first, then the ops.
 
-Each op computes its output from `.data` arrays and, when some input needs a gradient,
-records its inputs and a `backward(g)` closure that maps the output's gradient `g` to one
-gradient per input (None where that input needs none). `Tensor.backward` walks the graph
-in reverse topological order; `_unbroadcast` is the single place where a gradient is summed
-back to the shape of an input that broadcasting stretched.
+A Tensor is a node: its array `.data`, its `.grad`, and, when an op made it from inputs that
+need gradients, those inputs (`_prev`) and a closure `_backward(g)` that turns the gradient of
+the output into one gradient per input (None where an input needs none). `Tensor.backward`
+visits the nodes output-first in topological order, calls each closure once, and adds what
+reaches a leaf into its `.grad`. Broadcasting is undone in one place, `_unbroadcast`.
+
+Read top to bottom: grad mode, the engine (order, accumulation, broadcasting), the node and
+`backward`, then every op with its backward beside it. `tinylora.factories` makes and joins
+tensors (zeros, randn, cat, where, ...).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 
 import numpy as np
 
 from . import backend
+
+# ---- grad mode: whether ops record the graph -------------------------------------------------
 
 _state = {"grad": True}
 
@@ -46,6 +51,63 @@ class enable_grad(no_grad):
 def is_grad_enabled() -> bool:
     """True when ops record a graph for backward."""
     return _state["grad"]
+
+
+# ---- the engine: which order, how gradients add up, how broadcasting is undone ----------------
+
+
+def topological_order(root: Tensor) -> list:
+    """Nodes that need a gradient, each after every node that consumes it (output first)."""
+    order, visited, stack = [], set(), [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for p in node._prev:
+            if p.requires_grad and id(p) not in visited:
+                stack.append((p, False))
+    order.reverse()
+    return order
+
+
+def _accumulate(t: Tensor, g, owned: set) -> None:
+    """Add g, this pass's whole gradient for the leaf t, into t.grad.
+
+    The simplest correct version is `t.grad = g.copy() if t.grad is None else t.grad + g`.
+    This one skips the copy when it can: backward closures only read the gradient they are
+    given, and pending gradients are summed out of place, so the one danger is two .grad
+    attributes sharing memory (optimizers update them in place). A view, or an array already
+    handed to another leaf this pass, is copied; anything else is taken as it is.
+    """
+    if t.grad is None:
+        if g.base is not None or id(g) in owned:
+            g = g.copy()
+        owned.add(id(g))
+        t.grad = g
+    else:
+        t.grad += g  # a leaf's earlier .grad (a previous backward) is its own array
+
+
+def _unbroadcast(g, shape: tuple):
+    """Sum g over the axes broadcasting added or stretched, so it has `shape` (the one rule)."""
+    shape = tuple(shape)
+    if tuple(g.shape) == shape:
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
+    )
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+# ---- the node -------------------------------------------------------------------------------
 
 
 def _is_float(dtype) -> bool:
@@ -86,26 +148,16 @@ class Tensor:
     __array_ufunc__ = None  # numpy_array * tensor defers to Tensor.__rmul__
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
-        self.data = _as_array(_numeric(data, dtype), dtype)
-        self.grad = None
+        self.data = _as_array(_numeric(data, dtype), dtype)  # the array (NumPy or CuPy)
+        self.grad = None  # d(output)/d(self) after backward, same shape as data
         self.requires_grad = False
-        self._prev = ()
-        self._backward = None
-        self._op = ""
-        self._retain = False
+        self._prev = ()  # the inputs of the op that made this tensor (empty for a leaf)
+        self._backward = None  # g -> one gradient per input in _prev (None for a leaf)
+        self._op = ""  # the op's name, for reading a graph
+        self._retain = False  # keep .grad on a non-leaf (retain_grad)
         self.name = None
         if requires_grad:
             self.requires_grad_(True)
-
-    # ---- construction helpers -------------------------------------------------------------
-
-    @staticmethod
-    def _wrap(data) -> Tensor:
-        """A leaf Tensor around an existing array, without checks or copies (internal)."""
-        t = Tensor.__new__(Tensor)
-        t.data, t.grad, t.requires_grad = data, None, False
-        t._prev, t._backward, t._op, t._retain, t.name = (), None, "", False, None
-        return t
 
     @staticmethod
     def _node(data, op: str, parents: tuple, backward) -> Tensor:
@@ -119,95 +171,6 @@ class Tensor:
                     out.requires_grad, out._prev, out._backward, out._op = True, parents, backward, op
                     break
         return out
-
-    def _lift(self, other, op: str) -> Tensor:
-        """`other` as a Tensor for a binary op; python numbers stay weakly typed scalars."""
-        if isinstance(other, Tensor):
-            if type(other.data) is not type(self.data):
-                backend.check_same_backend(op, self.data, other.data)
-            return other
-        if isinstance(other, (int, float)) and not isinstance(other, bool):
-            return Tensor._wrap(other)  # numpy/cupy keep float32 * 2.0 in float32
-        if hasattr(other, "shape"):
-            backend.check_same_backend(op, self.data, other)
-            return Tensor._wrap(other)
-        return Tensor._wrap(backend.asarray(other, dtype=self.data.dtype))
-
-    # ---- properties -----------------------------------------------------------------------
-
-    shape = property(lambda self: tuple(self.data.shape), doc="Shape of the data.")
-    dtype = property(lambda self: self.data.dtype, doc="dtype of the data.")
-    ndim = property(lambda self: self.data.ndim, doc="Number of dimensions.")
-    size = property(lambda self: int(self.data.size), doc="Number of elements.")
-    is_leaf = property(lambda self: self._backward is None, doc="True unless an op made it.")
-    backend = property(lambda self: backend.backend_of(self.data), doc='"numpy" or "cupy".')
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __repr__(self) -> str:
-        body = repr(backend.to_numpy(self.data)).replace("array(", "").rstrip(")")
-        extra = ", requires_grad=True" if self.requires_grad else ""
-        if self.backend != "numpy":
-            extra += f", backend={self.backend!r}"
-        return f"Tensor({body}{extra})"
-
-    __hash__ = object.__hash__  # comparisons return arrays, identity stays the hash
-
-    # ---- conversion -----------------------------------------------------------------------
-
-    def numpy(self) -> np.ndarray:
-        """The data as a NumPy array (a host copy on CuPy; the array itself on NumPy)."""
-        return backend.to_numpy(self.data)
-
-    def item(self) -> float:
-        """The value of a one-element tensor as a python number."""
-        if self.data.size != 1:
-            raise ValueError(f"item: only one-element tensors convert to a number; shape is {self.shape}")
-        return self.data.reshape(()).item()
-
-    def tolist(self):
-        """The data as nested python lists."""
-        return self.numpy().tolist()
-
-    def __float__(self) -> float:
-        return float(self.item())
-
-    def __int__(self) -> int:
-        return int(self.item())
-
-    def __bool__(self) -> bool:
-        return bool(self.item())
-
-    def detach(self) -> Tensor:
-        """A new leaf sharing this data, outside the graph."""
-        return Tensor._wrap(self.data)
-
-    def to(self, name: str) -> Tensor:
-        """A leaf copy on another backend ("numpy" or "cupy"), keeping requires_grad."""
-        out = Tensor._wrap(backend.asarray(self.data, backend=name))
-        out.requires_grad = self.requires_grad
-        return out
-
-    def requires_grad_(self, flag: bool = True) -> Tensor:
-        """Set requires_grad in place (only float tensors can require grad)."""
-        if flag and not _is_float(self.data.dtype):
-            raise TypeError(
-                f"requires_grad: only float tensors can require grad; this one is {self.data.dtype}"
-            )
-        self.requires_grad = bool(flag)
-        return self
-
-    def retain_grad(self) -> Tensor:
-        """Keep .grad on this non-leaf tensor after backward (leaves always keep it)."""
-        self._retain = True
-        return self
-
-    def zero_grad(self) -> None:
-        """Forget the accumulated gradient."""
-        self.grad = None
-
-    # ---- autograd engine -----------------------------------------------------------------
 
     def backward(self, grad=None) -> None:
         """Accumulate d(self)/d(leaf) * grad into .grad of every leaf that requires grad."""
@@ -230,7 +193,7 @@ class Tensor:
             g = g.copy()  # the caller keeps their array
         grads = {id(self): g}
         owned: set = set()  # arrays this pass handed to a leaf's .grad (never hand one out twice)
-        for node in _topological_order(self):
+        for node in topological_order(self):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
@@ -251,7 +214,30 @@ class Tensor:
                 key = id(p)
                 grads[key] = grads[key] + pg if key in grads else pg  # never in place: pg may be shared
 
-    # ---- elementwise arithmetic (broadcasting; _unbroadcast sums grads back) -----------
+    # ---- the ops: each computes its output and records its backward beside it ----------------
+
+    @staticmethod
+    def _wrap(data) -> Tensor:
+        """A leaf Tensor around an existing array, without checks or copies (internal)."""
+        t = Tensor.__new__(Tensor)
+        t.data, t.grad, t.requires_grad = data, None, False
+        t._prev, t._backward, t._op, t._retain, t.name = (), None, "", False, None
+        return t
+
+    def _lift(self, other, op: str) -> Tensor:
+        """`other` as a Tensor for a binary op; python numbers stay weakly typed scalars."""
+        if isinstance(other, Tensor):
+            if type(other.data) is not type(self.data):
+                backend.check_same_backend(op, self.data, other.data)
+            return other
+        if isinstance(other, (int, float)) and not isinstance(other, bool):
+            return Tensor._wrap(other)  # numpy/cupy keep float32 * 2.0 in float32
+        if hasattr(other, "shape"):
+            backend.check_same_backend(op, self.data, other)
+            return Tensor._wrap(other)
+        return Tensor._wrap(backend.asarray(other, dtype=self.data.dtype))
+
+    # ---- elementwise arithmetic (broadcasting; backward sums grads back with _unbroadcast) ----
 
     def __add__(self, other):
         a, b = self, self._lift(other, "add")
@@ -531,47 +517,86 @@ class Tensor:
 
         return Tensor._node(out, "getitem", (a,), backward)
 
+    # ---- properties -----------------------------------------------------------------------
 
-# ---- engine helpers -------------------------------------------------------------------------
+    shape = property(lambda self: tuple(self.data.shape), doc="Shape of the data.")
+    dtype = property(lambda self: self.data.dtype, doc="dtype of the data.")
+    ndim = property(lambda self: self.data.ndim, doc="Number of dimensions.")
+    size = property(lambda self: int(self.data.size), doc="Number of elements.")
+    is_leaf = property(lambda self: self._backward is None, doc="True unless an op made it.")
+    backend = property(lambda self: backend.backend_of(self.data), doc='"numpy" or "cupy".')
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        body = repr(backend.to_numpy(self.data)).replace("array(", "").rstrip(")")
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        if self.backend != "numpy":
+            extra += f", backend={self.backend!r}"
+        return f"Tensor({body}{extra})"
+
+    __hash__ = object.__hash__  # comparisons return arrays, identity stays the hash
+
+    # ---- conversion -----------------------------------------------------------------------
+
+    def numpy(self) -> np.ndarray:
+        """The data as a NumPy array (a host copy on CuPy; the array itself on NumPy)."""
+        return backend.to_numpy(self.data)
+
+    def item(self) -> float:
+        """The value of a one-element tensor as a python number."""
+        if self.data.size != 1:
+            raise ValueError(f"item: only one-element tensors convert to a number; shape is {self.shape}")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        """The data as nested python lists."""
+        return self.numpy().tolist()
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        return bool(self.item())
+
+    def detach(self) -> Tensor:
+        """A new leaf sharing this data, outside the graph."""
+        return Tensor._wrap(self.data)
+
+    def to(self, name: str) -> Tensor:
+        """A leaf copy on another backend ("numpy" or "cupy"), keeping requires_grad."""
+        out = Tensor._wrap(backend.asarray(self.data, backend=name))
+        out.requires_grad = self.requires_grad
+        return out
+
+    def requires_grad_(self, flag: bool = True) -> Tensor:
+        """Set requires_grad in place (only float tensors can require grad)."""
+        if flag and not _is_float(self.data.dtype):
+            raise TypeError(
+                f"requires_grad: only float tensors can require grad; this one is {self.data.dtype}"
+            )
+        self.requires_grad = bool(flag)
+        return self
+
+    def retain_grad(self) -> Tensor:
+        """Keep .grad on this non-leaf tensor after backward (leaves always keep it)."""
+        self._retain = True
+        return self
+
+    def zero_grad(self) -> None:
+        """Forget the accumulated gradient."""
+        self.grad = None
 
 
-def _topological_order(root: Tensor) -> list:
-    """Nodes that need a gradient, each after every node that consumes it (output first)."""
-    order, visited, stack = [], set(), [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        for p in node._prev:
-            if p.requires_grad and id(p) not in visited:
-                stack.append((p, False))
-    order.reverse()
-    return order
-
-
-def _accumulate(t: Tensor, g, owned: set) -> None:
-    """Add g into t.grad; take g itself (no copy) if it is a whole array no other leaf holds.
-
-    Backward functions only read their incoming gradient, and pending gradients are summed
-    out of place, so the one thing to avoid is two .grad attributes sharing memory (they are
-    later updated in place). Views and arrays already handed out this pass are copied.
-    """
-    if t.grad is None:
-        if g.base is not None or id(g) in owned:
-            g = g.copy()
-        owned.add(id(g))
-        t.grad = g
-    else:
-        t.grad += g
+# ---- helpers the ops share --------------------------------------------------------------------
 
 
 def _power(a, p):
-    """a ** p for a python number p, with the common exponents computed without pow (much faster)."""
+    """a ** p for a python number p; the common exponents as products or sqrt, which cost less than pow."""
     if p == 1:
         return a.copy()
     if p == 2:
@@ -588,20 +613,6 @@ def _power(a, p):
 def _reshaped(g, shape):
     """g in `shape`, without making a view when it already has it."""
     return g if g.shape == shape else g.reshape(shape)
-
-
-def _unbroadcast(g, shape: tuple):
-    """Sum g over the axes broadcasting added or stretched, so it has `shape` (the one rule)."""
-    shape = tuple(shape)
-    if tuple(g.shape) == shape:
-        return g
-    lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
-    )
-    if axes:
-        g = g.sum(axis=axes, keepdims=True)
-    return g.reshape(shape)
 
 
 def _norm_axis(axis, ndim: int, op: str):
@@ -666,88 +677,14 @@ def _norm_index(index, on: str = "numpy"):
     return (tuple(out) if isinstance(index, tuple) else out[0]), advanced
 
 
-# ---- functions that make or combine tensors ----------------------------------------------------
+# ---- conversion -------------------------------------------------------------------------------
+
+
+def as_tensor(x) -> Tensor:
+    """x itself if it is a Tensor, else a constant leaf around it (arrays keep their dtype)."""
+    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 def to_numpy(x) -> np.ndarray:
     """A NumPy array from a Tensor or a NumPy/CuPy array."""
     return backend.to_numpy(x.data if isinstance(x, Tensor) else x)
-
-
-def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
-    """Same as Tensor(data, requires_grad, dtype)."""
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
-
-
-def _factory(fill):
-    @functools.wraps(fill)
-    def make(*shape, dtype=np.float32, requires_grad: bool = False) -> Tensor:
-        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return Tensor(fill(shape, dtype), requires_grad=requires_grad)
-
-    return make
-
-
-zeros = _factory(lambda shape, dtype: backend.xp().zeros(shape, dtype=dtype))
-zeros.__doc__ = "A tensor of zeros (float32 unless dtype says otherwise)."
-ones = _factory(lambda shape, dtype: backend.xp().ones(shape, dtype=dtype))
-ones.__doc__ = "A tensor of ones (float32 unless dtype says otherwise)."
-randn = _factory(lambda shape, dtype: backend.rng().standard_normal(shape, dtype=np.float64).astype(dtype))
-randn.__doc__ = "Standard normal samples from tinylora's seeded generator (see manual_seed)."
-rand = _factory(lambda shape, dtype: backend.rng().random(shape, dtype=np.float64).astype(dtype))
-rand.__doc__ = "Uniform [0, 1) samples from tinylora's seeded generator (see manual_seed)."
-
-
-def _tensors(items, op: str) -> list:
-    items = [x if isinstance(x, Tensor) else Tensor(x) for x in items]
-    if not items:
-        raise ValueError(f"{op}: needs at least one tensor")
-    backend.check_same_backend(op, *[x.data for x in items])
-    return items
-
-
-def cat(tensors, axis: int = 0) -> Tensor:
-    """Join tensors along an existing axis."""
-    ts = _tensors(tensors, "cat")
-    xp = backend.module_of(ts[0].data)
-    try:
-        out = xp.concatenate([t.data for t in ts], axis=axis)
-    except ValueError:
-        raise ValueError(
-            f"cat: shapes {[t.shape for t in ts]} do not match except along axis {axis}"
-        ) from None
-    ends = [int(e) for e in np.cumsum([t.shape[axis] for t in ts])[:-1]]
-    return Tensor._node(out, "cat", tuple(ts), lambda g: tuple(xp.split(g, ends, axis=axis)))
-
-
-def stack(tensors, axis: int = 0) -> Tensor:
-    """Join same-shaped tensors along a new axis."""
-    ts = _tensors(tensors, "stack")
-    shapes = {t.shape for t in ts}
-    if len(shapes) > 1:
-        raise ValueError(f"stack: all tensors need the same shape, got {[t.shape for t in ts]}")
-    ax = axis % (ts[0].ndim + 1)
-    return cat([t.reshape(t.shape[:ax] + (1,) + t.shape[ax:]) for t in ts], axis=ax)
-
-
-def where(condition, a, b) -> Tensor:
-    """Elementwise choice: a where condition is true, else b (broadcasting)."""
-    cond = condition.data if isinstance(condition, Tensor) else condition
-    a = a if isinstance(a, Tensor) else Tensor._wrap(a)
-    b = a._lift(b, "where")
-    xp = backend.module_of(a.data) if hasattr(a.data, "shape") else backend.module_of(b.data)
-    out = xp.where(cond, a.data, b.data)
-
-    def backward(g):
-        zero = xp.zeros((), dtype=g.dtype)
-        return (
-            xp.where(cond, g, zero) if a.requires_grad else None,
-            xp.where(cond, zero, g) if b.requires_grad else None,
-        )
-
-    return Tensor._node(out, "where", (a, b), backward)
-
-
-def manual_seed(seed: int) -> None:
-    """Seed tinylora's random generators (initialisation, dropout, sampling)."""
-    backend.manual_seed(seed)

@@ -10,9 +10,10 @@ import numpy as np
 
 from . import backend
 from . import functional as F
+from .factories import manual_seed
 from .nn.checks import integer, number
 from .optim import clip_grad_norm_
-from .tensor import Tensor, manual_seed, no_grad
+from .tensor import Tensor, no_grad
 
 
 @dataclass
@@ -43,7 +44,7 @@ def default_loss(model, x, y) -> Tensor:
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
-    try:
+    try:  # lazy: tqdm is optional
         from tqdm.auto import tqdm
     except ImportError:  # the bar is a nicety: train silently without tqdm
         return None

@@ -12,9 +12,10 @@ import numpy as np
 
 from .. import backend, lora
 from .. import functional as F
+from ..factories import manual_seed
 from ..models import GPT, GPTConfig
 from ..optim import AdamW
-from ..tensor import Tensor, manual_seed, no_grad
+from ..tensor import Tensor, no_grad
 
 MLP_SIZES = (784, 512, 512, 10)
 MLP_BATCH = 256

@@ -51,7 +51,7 @@ def load_digits(rotate: bool = False, test_fraction: float = 0.25, seed: int = 0
         raise ValueError(f"load_digits: test_fraction must be between 0 and 1, got {test_fraction}")
     if importlib.util.find_spec("sklearn") is None:
         raise ImportError(f"load_digits needs scikit-learn, which is not installed: {INSTALL_HINT}")
-    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.datasets import load_digits as sklearn_digits  # lazy: optional, and slow to import
 
     raw = sklearn_digits()
     x = np.asarray(raw.data, dtype=np.float32) / np.float32(16)  # pixels 0..16 -> [0, 1]

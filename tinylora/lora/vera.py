@@ -18,13 +18,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, backend
+from .. import backend
 from .. import functional as F
+from .._version import __version__
 from ..io import WeightFileError, atomic_path, load_weights, read_metadata, save_weights
 from ..nn import Linear, Module, Parameter
 from ..nn.checks import integer, number
 from .config import _match, _patterns
+from .files import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterFileError,
+    _base_params,
+    _check_fingerprint,
+    _fingerprint,
+    read_adapter_config,
+)
 from .layer import LoRALayer
+from .model import delete_adapter, find_targets, lora_layers, mark_only_lora_trainable
 
 PREFIX = "base_model.model."
 
@@ -180,8 +191,6 @@ class VeRALinear(LoRALayer):
 
 def apply_vera(model: Module, config: VeRAConfig, adapter_name: str = "default") -> Module:
     """Replace each targeted nn.Linear with a VeRALinear; only the vectors d and b train."""
-    from .model import find_targets, lora_layers, mark_only_lora_trainable
-
     if not isinstance(config, VeRAConfig):
         raise TypeError(f"apply_vera takes a lora.VeRAConfig, got {type(config).__name__}")
     if lora_layers(model):
@@ -208,8 +217,6 @@ def vera_layers(model: Module) -> list:
 
 def save_vera(model: Module, directory) -> dict:
     """Write the VeRA adapter in PEFT's layout: only the vectors (the pair comes from the key)."""
-    from .files import CONFIG_NAME, WEIGHTS_NAME, _base_params, _fingerprint
-
     layers = vera_layers(model)
     if not layers:
         raise ValueError("save_vera: the model has no VeRA layers")
@@ -243,16 +250,6 @@ def save_vera(model: Module, directory) -> dict:
 
 def load_vera(model: Module, directory) -> Module:
     """Load a VeRA adapter saved by save_vera onto a plain base (or its VeRA model); all or nothing."""
-    from .files import (
-        CONFIG_NAME,
-        WEIGHTS_NAME,
-        AdapterFileError,
-        _base_params,
-        _check_fingerprint,
-        read_adapter_config,
-    )
-    from .model import delete_adapter, find_targets
-
     directory = Path(directory)
     try:
         config = VeRAConfig.from_dict(read_adapter_config(directory))

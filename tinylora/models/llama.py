@@ -37,9 +37,10 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
+from ..factories import cat
 from ..nn import Embedding, Linear, Module, ModuleList, Parameter, RMSNorm
 from ..nn.layers import no_init
-from ..tensor import Tensor, cat, no_grad
+from ..tensor import Tensor, no_grad
 from . import pretrained
 from .gguf import GGUFFile, build_tokenizer
 from .gpt import sample_next

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -206,8 +207,6 @@ class MiniLM(Module):
 
         n_layers keeps only the first layers (for quick experiments and tests).
         """
-        from pathlib import Path
-
         st_numpy = pretrained.require("safetensors.numpy")
         folder = Path(directory) if directory is not None else pretrained.model_file("minilm").parent
         config = BertConfig.from_hf(json.loads((folder / "config.json").read_text()))

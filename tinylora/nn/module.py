@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend
+from ..io import load_weights, save_weights
 from ..tensor import Tensor
 
 
@@ -228,14 +229,10 @@ class Module:
 
     def save(self, path, metadata: dict | None = None):
         """Save the state dict as a safetensors file (atomically)."""
-        from ..io import save_weights
-
         return save_weights(self.state_dict(), path, metadata)
 
     def load(self, path, strict: bool = True) -> IncompatibleKeys:
         """Load a safetensors file written by save() (all or nothing)."""
-        from ..io import load_weights
-
         return self.load_state_dict(load_weights(path), strict=strict)
 
     # ---- printing --------------------------------------------------------------------------
