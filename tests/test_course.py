@@ -31,6 +31,7 @@ SUMMARY_AND_EXERCISES = [
     "02-low-rank-by-hand",
     "04-layers-losses-optimizers",
     "06-a-tiny-transformer",
+    "10-backends-and-timing",
     "11-a-real-pretrained-model",
 ]
 NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?")
