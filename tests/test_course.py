@@ -22,6 +22,7 @@ PLANNED = [
     "09-many-adapters-one-base",
     "10-backends-and-timing",
     "11-a-real-pretrained-model",
+    "12-the-lora-family",
 ]
 APPENDICES = sorted((ROOT / "chapters").glob("appendix-*.md"))
 # chapters that end with "## Summary" (three take-aways) and "## Try it" (two or three exercises

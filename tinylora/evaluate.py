@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from . import backend as B
+from . import backend
 from .data import load_digits
 from .data.shakespeare import _check_genre, corpus_tokenizer, list_plays, load_play, train_val_split
 from .tensor import no_grad
@@ -68,7 +68,7 @@ def heldout_set(genre: str, block_size: int = 64, n: int = 512) -> tuple[np.ndar
 
 def window_losses(model, x, y, batch_size: int = 64) -> np.ndarray:
     """Mean next-token cross-entropy of each window (float64, (n,)), in eval mode, without grad."""
-    x, y = np.asarray(B.to_numpy(x)), np.asarray(B.to_numpy(y))
+    x, y = np.asarray(backend.to_numpy(x)), np.asarray(backend.to_numpy(y))
     if x.ndim != 2 or x.shape != y.shape:
         raise ValueError(
             f"window_losses: x and y must be (n, block_size) arrays of the same shape, "
@@ -81,7 +81,9 @@ def window_losses(model, x, y, batch_size: int = 64) -> np.ndarray:
     try:
         with no_grad():
             for i in range(0, len(x), batch_size):
-                logits = B.to_numpy(model(B.asarray(x[i : i + batch_size])).data).astype(np.float64)
+                logits = backend.to_numpy(model(backend.asarray(x[i : i + batch_size])).data).astype(
+                    np.float64
+                )
                 m = logits.max(axis=-1, keepdims=True)  # (b, T, 1)
                 lse = np.log(np.exp(logits - m).sum(axis=-1)) + m[..., 0]  # (b, T)
                 picked = np.take_along_axis(logits, y[i : i + batch_size, :, None], axis=-1)[..., 0]
@@ -111,7 +113,7 @@ def digits_heldout(rotate: bool = False) -> tuple[np.ndarray, np.ndarray]:
 
 def accuracy_per_example(model, x, y, batch_size: int = 512) -> np.ndarray:
     """Whether the model's top class is right for each example (bool, (n,)), in eval mode."""
-    x, y = np.asarray(B.to_numpy(x)), np.asarray(B.to_numpy(y))
+    x, y = np.asarray(backend.to_numpy(x)), np.asarray(backend.to_numpy(y))
     if len(x) != len(y) or y.ndim != 1:
         raise ValueError(
             f"accuracy_per_example: expected y (n,) for x with n rows, got {x.shape} and {y.shape}"
@@ -123,7 +125,7 @@ def accuracy_per_example(model, x, y, batch_size: int = 512) -> np.ndarray:
     try:
         with no_grad():
             for i in range(0, len(y), batch_size):
-                logits = B.to_numpy(model(B.asarray(x[i : i + batch_size])).data)
+                logits = backend.to_numpy(model(backend.asarray(x[i : i + batch_size])).data)
                 out[i : i + batch_size] = logits.argmax(axis=-1) == y[i : i + batch_size]
     finally:
         _restore(modes)

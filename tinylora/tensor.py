@@ -68,6 +68,17 @@ def _as_array(data, dtype=None):
     return backend.asarray(data, dtype=dtype)
 
 
+def _numeric(data, dtype=None):
+    """`data` unchanged if it holds numbers (or bools); a TypeError naming any other dtype."""
+    kinds = [np.dtype(dtype)] if dtype is not None else []
+    if not isinstance(data, Tensor):
+        kinds.append(data.dtype if hasattr(data, "dtype") else np.asarray(data).dtype)
+    for dt in kinds:
+        if dt.kind not in "biufc":
+            raise TypeError(f"Tensor: expected numbers (float, int or bool data), got dtype {dt}")
+    return data
+
+
 class Tensor:
     """An array plus what autograd needs: requires_grad, .grad, and the op that made it."""
 
@@ -75,7 +86,7 @@ class Tensor:
     __array_ufunc__ = None  # numpy_array * tensor defers to Tensor.__rmul__
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
-        self.data = _as_array(data, dtype)
+        self.data = _as_array(_numeric(data, dtype), dtype)
         self.grad = None
         self.requires_grad = False
         self._prev = ()
@@ -504,7 +515,7 @@ class Tensor:
 
     def __getitem__(self, index) -> Tensor:
         a = self
-        index, advanced = _norm_index(index)
+        index, advanced = _norm_index(index, a.backend)
         try:
             out = a.data[index]
         except IndexError as e:
@@ -636,8 +647,8 @@ def _check_matmul(sa: tuple, sb: tuple) -> None:
             raise ValueError(f"matmul: {sa} @ {sb}: batch dimensions {ba} and {bb} do not broadcast")
 
 
-def _norm_index(index):
-    """Unwrap Tensor/list indices into arrays; report whether advanced indexing is used."""
+def _norm_index(index, on: str = "numpy"):
+    """Unwrap Tensor/list indices into arrays on backend `on`; report whether advanced indexing is used."""
     parts = index if isinstance(index, tuple) else (index,)
     out, advanced = [], False
     for part in parts:
@@ -649,6 +660,8 @@ def _norm_index(index):
             if part.dtype.kind not in "iub":
                 raise IndexError(f"index: index arrays must be integer or boolean, got {part.dtype}")
             advanced = advanced or part.ndim > 0 or part.dtype.kind == "b"
+            if advanced and backend.backend_of(part) != on:  # index arrays live where the data does
+                part = backend.asarray(part, backend=on)
         out.append(part)
     return (tuple(out) if isinstance(index, tuple) else out[0]), advanced
 

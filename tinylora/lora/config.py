@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from ..nn.checks import flag, integer, number
+
 INITS = ("kaiming", "gaussian", "pissa")
 BIAS_MODES = ("none", "all", "lora_only")
 
@@ -28,14 +30,12 @@ class LoRAConfig:
     exclude_modules: tuple | str = ()
     bias: str = "none"
     modules_to_save: tuple = field(default_factory=tuple)
+    dora: bool = False  # DoRA (Liu et al. 2024): a trained magnitude per output row; PEFT's use_dora
 
     def __post_init__(self):
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"LoRAConfig: r must be a positive integer, got {self.r!r}")
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or self.alpha <= 0:
-            raise ValueError(f"LoRAConfig: alpha must be a positive number, got {self.alpha!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRAConfig: dropout must be in [0, 1), got {self.dropout!r}")
+        self.r = integer("LoRAConfig", "r", self.r, 1)
+        self.alpha = number("LoRAConfig", "alpha", self.alpha, 0, above=True)
+        self.dropout = number("LoRAConfig", "dropout", self.dropout, 0.0, 1.0, below=True)
         if self.init not in INITS:
             raise ValueError(f"LoRAConfig: init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.bias not in BIAS_MODES:
@@ -45,7 +45,8 @@ class LoRAConfig:
             raise ValueError("LoRAConfig: target_modules is empty; name at least one module")
         self.exclude_modules = _patterns("exclude_modules", self.exclude_modules)
         self.modules_to_save = tuple(_patterns("modules_to_save", self.modules_to_save) or ())
-        self.rslora = bool(self.rslora)
+        self.rslora = flag("LoRAConfig", "rslora", self.rslora)
+        self.dora = flag("LoRAConfig", "dora", self.dora)
 
     @property
     def scaling(self) -> float:
@@ -73,6 +74,7 @@ class LoRAConfig:
             "init": d["init"],
             "rslora": d["rslora"],
             "bias": d["bias"],
+            "use_dora": d["dora"],
         }
 
     @classmethod
@@ -94,6 +96,7 @@ class LoRAConfig:
             init=d.get("init", "kaiming"),
             rslora=d.get("rslora", False),
             bias=d.get("bias", "none"),
+            dora=bool(d.get("use_dora") or False),
         )
 
 

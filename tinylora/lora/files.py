@@ -15,9 +15,9 @@ from pathlib import Path
 
 from .. import __version__, backend
 from ..io import WeightFileError, atomic_path, load_weights, save_weights
-from ..nn import Module
+from ..nn import Embedding, Module
 from .config import LoRAConfig
-from .layer import LoRALinear, digest
+from .layer import LoRALayer, digest
 from .model import (
     active_adapter,
     add_adapter,
@@ -91,6 +91,10 @@ def _extras(model: Module, config: LoRAConfig, params: dict) -> dict:
 
 def save_adapter(model: Module, directory, adapter_name: str | None = None) -> dict:
     """Write one adapter (default: the active one) to `directory`; returns sizes of what was written."""
+    from .vera import save_vera, vera_layers  # VeRA has its own layout (issue 15)
+
+    if vera_layers(model):
+        return save_vera(model, directory)
     name = adapter_name or active_adapter(model)
     if name is None:
         raise ValueError("save_adapter: the model has no active adapter; name one with adapter_name=")
@@ -104,10 +108,8 @@ def save_adapter(model: Module, directory, adapter_name: str | None = None) -> d
     params = _base_params(model)
     extras = _extras(model, config, params)
     tensors = {}
-    for path, layer in layers:
-        ad = layer.adapters[name]
-        tensors[f"{path}.lora_A.weight"] = ad.lora_A.data
-        tensors[f"{path}.lora_B.weight"] = ad.lora_B.data
+    for path, layer in layers:  # lora_A/B.weight, lora_magnitude_vector, lora_embedding_A/B
+        tensors.update({f"{path}.{k}": p.data for k, p in layer.adapters[name].file_tensors().items()})
     tensors.update({n: p.data for n, p in extras.items()})
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -195,6 +197,14 @@ def _check_fingerprint(saved: dict, params: dict, directory) -> None:
         )
 
 
+def file_shapes(out: int, n_in: int, config: LoRAConfig, module) -> dict:
+    """{key suffix: shape} an adapter of `config` on a weight (out, n_in) keeps in its file."""
+    if isinstance(getattr(module, "base", module), Embedding):  # the table is (num, dim)
+        return {"lora_embedding_A": (config.r, out), "lora_embedding_B": (n_in, config.r)}
+    shapes = {"lora_A.weight": (config.r, n_in), "lora_B.weight": (out, config.r)}
+    return shapes | ({"lora_magnitude_vector": (out,)} if config.dora else {})
+
+
 def load_adapter(model: Module, directory, name: str | None = None) -> Module:
     """Load an adapter saved by save_adapter and make it active; all or nothing.
 
@@ -204,6 +214,10 @@ def load_adapter(model: Module, directory, name: str | None = None) -> Module:
     """
     directory = Path(directory)
     meta = read_adapter_config(directory)
+    if meta.get("peft_type") == "VERA":
+        from .vera import load_vera
+
+        return load_vera(model, directory)
     merged = [p for p, layer in lora_layers(model) if layer.merged]
     if merged:  # loading into a merged adapter would leave its old update in the weights
         raise RuntimeError(f"load_adapter: unmerge_lora(model) first (merged layers: {', '.join(merged)})")
@@ -232,9 +246,8 @@ def load_adapter(model: Module, directory, name: str | None = None) -> Module:
     expected = {}
     for path in targets:
         mod = model.get_submodule(path)
-        base = mod.base if isinstance(mod, LoRALinear) else mod
-        expected[f"{path}.lora_A.weight"] = (config.r, base.in_features)
-        expected[f"{path}.lora_B.weight"] = (base.out_features, config.r)
+        out, n_in = (mod.base if isinstance(mod, LoRALayer) else mod).weight.shape
+        expected.update({f"{path}.{k}": s for k, s in file_shapes(out, n_in, config, mod).items()})
     for key, arr in tensors.items():
         if key in expected:
             if tuple(arr.shape) != expected[key]:
@@ -275,11 +288,8 @@ def load_adapter(model: Module, directory, name: str | None = None) -> Module:
         set_adapter(model, name)
         for path, layer in lora_layers(model):
             if name in layer.adapters:
-                ad = layer.adapters[name]
-                for part, p in (("lora_A", ad.lora_A), ("lora_B", ad.lora_B)):
-                    p.data = backend.asarray(tensors[f"{path}.{part}.weight"], backend=p.backend).astype(
-                        p.dtype
-                    )
+                for part, p in layer.adapters[name].file_tensors().items():
+                    p.data = backend.asarray(tensors[f"{path}.{part}"], backend=p.backend).astype(p.dtype)
         params = _base_params(model)
         for key, arr in tensors.items():
             if key not in expected:

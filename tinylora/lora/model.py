@@ -4,14 +4,39 @@ from __future__ import annotations
 
 import contextlib
 
-from ..nn import Linear, Module
+from ..nn import Embedding, Linear, Module
 from .config import LoRAConfig
-from .layer import LoRALinear
+from .embedding import LoRAEmbedding
+from .layer import LoRALayer, LoRALinear, tied_weight_error
 
 
 def lora_layers(model: Module) -> list:
-    """(dotted name, LoRALinear) for every adapted layer in the model."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    """(dotted name, layer) for every adapted layer in the model (LoRALinear, LoRAEmbedding, VeRA)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALayer)]
+
+
+def _wrap(mod: Module, adapter_name: str, config: LoRAConfig, tied: tuple = ()) -> LoRALayer:
+    """The adapted layer for a plain target: LoRAEmbedding for an nn.Embedding, else LoRALinear."""
+    if isinstance(mod, Embedding):
+        layer = LoRAEmbedding(mod, adapter_name=adapter_name, config=config)
+    else:
+        layer = LoRALinear(mod, adapter_name=adapter_name, config=config)
+    layer.tied_to = tied  # where else its weight is used: merging there is refused
+    return layer
+
+
+def tied_to(model: Module, name: str) -> tuple:
+    """Where else the weight of the layer `name` is used ("tok_emb.weight" for a tied lm_head)."""
+    mod = model.get_submodule(name)
+    weight = (mod.base if isinstance(mod, LoRALayer) else mod).weight
+    own = (name, f"{name}.base") if name else ("", "base")
+    return tuple(
+        f"{n}.{k}" if n else k
+        for n, m in model.named_modules()
+        if n not in own
+        for k, v in vars(m).items()
+        if v is weight
+    )
 
 
 def _inside_lora(name: str, lora_names: list) -> bool:
@@ -19,19 +44,19 @@ def _inside_lora(name: str, lora_names: list) -> bool:
 
 
 def find_targets(model: Module, config: LoRAConfig) -> list:
-    """Names of the modules config targets, checked: each must be an nn.Linear (or adapted)."""
+    """Names of the modules config targets, checked: each must be an nn.Linear or nn.Embedding (or adapted)."""
     lora_names = [n for n, _ in lora_layers(model)]
     matches, refused = [], []
     for name, mod in model.named_modules():
         if not name or _inside_lora(name, lora_names) or not config.matches(name):
             continue
-        if isinstance(mod, (Linear, LoRALinear)):
+        if isinstance(mod, (Linear, Embedding, LoRALayer)):
             matches.append(name)
         else:
             refused.append(f"{name} ({type(mod).__name__})")
     if refused:
         raise ValueError(
-            f"LoRA adapts nn.Linear layers only; target_modules={config.target_modules!r} also matches "
+            f"LoRA adapts nn.Linear and nn.Embedding layers only; target_modules={config.target_modules!r} also matches "
             f"{', '.join(refused)}. Narrow target_modules or add exclude_modules."
         )
     if not matches:
@@ -54,7 +79,7 @@ def apply_lora(model: Module, config: LoRAConfig, adapter_name: str = "default")
     use add_adapter for a second adapter.
     """
     targets = find_targets(model, config)
-    adapted = [n for n in targets if isinstance(model.get_submodule(n), LoRALinear)]
+    adapted = [n for n in targets if isinstance(model.get_submodule(n), LoRALayer)]
     if adapted:
         raise ValueError(
             f"{', '.join(adapted)} already has LoRA adapters; use lora.add_adapter(model, name, config) "
@@ -66,8 +91,9 @@ def apply_lora(model: Module, config: LoRAConfig, adapter_name: str = "default")
         if not any(n and probe.matches(n) for n, _ in model.named_modules()):
             raise ValueError(f"modules_to_save={config.modules_to_save!r} matches no module")
     for name in targets:
-        layer = LoRALinear(model.get_submodule(name), adapter_name=adapter_name, config=config)
-        model.set_submodule(name, layer)
+        model.set_submodule(
+            name, _wrap(model.get_submodule(name), adapter_name, config, tied_to(model, name))
+        )
     mark_only_lora_trainable(model, config.bias, config.modules_to_save)
     return model
 
@@ -79,7 +105,10 @@ def _check_can_adapt(model: Module, targets: list, config: LoRAConfig, adapter_n
     if config.init == "pissa":
         for name in targets:
             mod = model.get_submodule(name)
-            shape = (mod.base if isinstance(mod, LoRALinear) else mod).weight.shape
+            base = mod.base if isinstance(mod, LoRALayer) else mod
+            if tied_to(model, name) and not isinstance(base, Embedding):  # (embeddings refuse PiSSA anyway)
+                raise tied_weight_error("a PiSSA init", name, tied_to(model, name))
+            shape = base.weight.shape
             if config.r > min(shape):
                 raise ValueError(
                     f"pissa init: r={config.r} is larger than min{shape} of the weight of {name}"
@@ -103,10 +132,10 @@ def add_adapter(model: Module, name: str, config: LoRAConfig) -> Module:
         raise RuntimeError(f"unmerge before adding adapters (merged layers: {', '.join(merged)})")
     for target in targets:
         mod = model.get_submodule(target)
-        if isinstance(mod, LoRALinear):
+        if isinstance(mod, LoRALayer):
             mod.add_adapter(name, config)
         else:
-            layer = LoRALinear(mod, adapter_name=name, config=config)
+            layer = _wrap(mod, name, config, tied_to(model, target))
             layer.set_adapter(None)  # a plain layer stays plain until `name` is activated
             model.set_submodule(target, layer)
     if not any(layer.active for _, layer in lora_layers(model)):
@@ -151,8 +180,7 @@ def _freeze_inactive(model: Module, layers: list | None = None) -> None:
     """Adapters other than the active one never train (nor hold optimizer state)."""
     for _, layer in lora_layers(model) if layers is None else layers:
         for n, ad in layer.adapters.items():
-            flag = n == layer.active
-            ad.lora_A.requires_grad = ad.lora_B.requires_grad = flag
+            ad.requires_grad_(n == layer.active)  # A, B and any other adapter parameter
 
 
 def delete_adapter(model: Module, name: str) -> Module:
@@ -201,9 +229,18 @@ def merge_lora(model: Module) -> Module:
         raise RuntimeError(
             "merge_lora inside disable_adapters(): the block promises base outputs; merge after it"
         )
+    _check_untied(model)
     for layer in layers:
         layer.merge()
     return model
+
+
+def _check_untied(model: Module) -> None:
+    """Refuse, before anything changes, to merge into a weight another module shares."""
+    for path, layer in lora_layers(model):
+        layer.tied_to = tied_to(model, path)  # as the model is now (it may have been untied since)
+        if layer.active is not None and layer.merged is None and layer.tied_to:
+            raise tied_weight_error("merging", path, layer.tied_to)
 
 
 def unmerge_lora(model: Module) -> Module:
@@ -215,6 +252,7 @@ def unmerge_lora(model: Module) -> Module:
 
 def merge_and_unload(model: Module) -> Module:
     """Merge the active adapters and put plain nn.Linear layers back (no LoRA left)."""
+    _check_untied(model)
     for path, layer in lora_layers(model):
         layer.merge()
         model.set_submodule(path, layer.base)
@@ -242,7 +280,7 @@ def mark_only_lora_trainable(model: Module, bias: str = "none", modules_to_save=
     model.requires_grad_(False)
     _freeze_inactive(model)
     for _, layer in lora_layers(model):
-        if bias == "lora_only" and layer.base.bias is not None:
+        if bias == "lora_only" and getattr(layer.base, "bias", None) is not None:
             layer.base.bias.requires_grad_(True)
     if bias == "all":
         for n, p in model.named_parameters():
@@ -313,16 +351,16 @@ class ParameterReport:
 
 
 def parameter_report(model: Module) -> ParameterReport:
-    """A row per module that holds parameters (a LoRALinear is one row: base frozen, adapter trainable)."""
+    """A row per module that holds parameters (an adapted layer is one row: base frozen, adapters trainable)."""
     rows, seen = [], set()
     lora_names = [n for n, _ in lora_layers(model)]
     for name, mod in model.named_modules():
         if _inside_lora(name, lora_names):
             continue
-        if isinstance(mod, LoRALinear):
+        if isinstance(mod, LoRALayer):
             params = list(mod.named_parameters())
             shape = mod.base.weight.shape
-            adapter_bytes = sum(p.data.nbytes for n, p in params if ".lora_" in n)
+            adapter_bytes = sum(p.data.nbytes for n, p in params if n.startswith("adapters."))
         else:
             params = [(n, mod.__dict__[n]) for n in mod._param_names if mod.__dict__[n] is not None]
             shape = params[0][1].shape if params else ()
