@@ -28,9 +28,11 @@ APPENDICES = sorted((ROOT / "chapters").glob("appendix-*.md"))
 # chapters that end with "## Summary" (three take-aways) and "## Try it" (two or three exercises
 # whose starting cells are in the notebook's "## Try it" section); add a chapter once it does
 SUMMARY_AND_EXERCISES = [
+    "01-what-lora-is",
     "02-low-rank-by-hand",
     "04-layers-losses-optimizers",
     "06-a-tiny-transformer",
+    "10-backends-and-timing",
     "11-a-real-pretrained-model",
 ]
 NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?")

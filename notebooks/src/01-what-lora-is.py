@@ -26,12 +26,13 @@ import tinylora as tl
 from tinylora import lora, optim
 from tinylora.bases import ASSETS, load_base
 from tinylora.data import WindowSampler, load_shakespeare, load_text, train_val_split
-from tinylora.train import evaluate_lm, train
+from tinylora.evaluate import heldout_set, paired_diff, window_losses
+from tinylora.train import train
 
 tl.manual_seed(0)
 SEED = 0
 steps = 5 if FAST else 200        # adapter training steps (each adapter)
-eval_batches = 2 if FAST else 16  # batches of 16 windows for each loss we quote
+n_windows = 32 if FAST else 512  # windows of the course's fixed held-out set (tinylora.evaluate)
 tmp = Path(tempfile.mkdtemp(prefix="tinylora-01-"))  # every file this notebook writes goes here
 
 # %% [markdown]
@@ -50,16 +51,28 @@ print(f"base parameters: {lora.count_parameters(model)['total']:,}")
 print("trained on:", ", ".join(base.card["data"]["genres"]), "| held out:", base.card["data"]["held_out_genre"])
 
 comedies = load_shakespeare(("comedies",), tokenizer=tok)
-seen = load_shakespeare(tuple(base.card["data"]["genres"]), tokenizer=tok)
 
 
-def lm_loss(m, ids):
-    return evaluate_lm(m, ids, cfg.block_size, batch_size=16, batches=eval_batches)["loss"]
+# the course's one evaluation set: fixed 64-character windows of each genre's held-out text
+HELD = {g: heldout_set(g, n=n_windows) for g in ("comedies", "histories", "tragedies")}
+HELD["own"] = tuple(np.concatenate([HELD[g][i] for g in ("histories", "tragedies")]) for i in (0, 1))
 
 
-base_loss_comedies, base_loss_seen = lm_loss(model, comedies.val), lm_loss(model, seen.val)
-print(f"base loss on its own genres (validation): {base_loss_seen:.3f}")
-print(f"base loss on comedies (never seen):      {base_loss_comedies:.3f}")
+def losses(m, genre):
+    """Per-window losses of model m on the fixed held-out windows of a genre ("own": histories + tragedies)."""
+    return window_losses(m, *HELD[genre])
+
+
+def lm_loss(m, genre):
+    return float(losses(m, genre).mean())
+
+
+base_w = {g: losses(model, g) for g in ("comedies", "own")}
+base_loss_comedies, base_loss_seen = base_w["comedies"].mean(), base_w["own"].mean()
+print(f"held-out windows: {len(HELD['comedies'][0])} of comedies, {len(HELD['own'][0])} of histories + tragedies "
+      f"({HELD['comedies'][0].shape[1]} characters each)")
+print(f"base loss on its own genres (held-out text): {base_loss_seen:.3f}")
+print(f"base loss on comedies (never seen):         {base_loss_comedies:.3f}")
 
 prompt = "ROMEO:\n"
 print("\nbase, sampled after 'ROMEO:':\n" + tok.decode(model.generate(tok.encode(prompt)[None], 200,
@@ -125,16 +138,22 @@ schedule = optim.CosineSchedule(opt, steps, warmup_steps=min(20, steps))  # warm
 print(f"tensors the optimizer updates: {len(opt.params)} (all adapter matrices: "
       f"{all('lora' in n for n, p in model.named_parameters() if p.requires_grad)})")
 hist = train(model, opt, sampler.sample, steps, eval_every=max(1, steps // 5), schedule=schedule, seed=SEED,
-             eval_fn=lambda m: {"loss": lm_loss(m, comedies.val)}, progress=False)
+             eval_fn=lambda m: {"loss": lm_loss(m, "comedies")}, progress=False)
 
-comedy_loss = lm_loss(model, comedies.val)
-seen_loss = lm_loss(model, seen.val)
+adapted_w = {g: losses(model, g) for g in ("comedies", "own")}
+comedy_loss, seen_loss = adapted_w["comedies"].mean(), adapted_w["own"].mean()
 with lora.disable_adapters(model):
-    off_comedy, off_seen = lm_loss(model, comedies.val), lm_loss(model, seen.val)
+    off_w = {g: losses(model, g) for g in ("comedies", "own")}
+off_comedy, off_seen = off_w["comedies"].mean(), off_w["own"].mean()
 after_train = base_fingerprint(model)
-print(f"comedies loss: base {base_loss_comedies:.3f} -> base + adapter {comedy_loss:.3f} after {steps} steps")
-print(f"own genres loss: base {base_loss_seen:.3f} -> base + adapter {seen_loss:.3f}")
-print(f"adapters switched off: comedies {off_comedy:.3f}, own genres {off_seen:.3f} (the base, exactly as before)")
+d_com, se_com = paired_diff(adapted_w["comedies"], base_w["comedies"])
+d_own, se_own = paired_diff(adapted_w["own"], base_w["own"])
+print(f"comedies loss: base {base_loss_comedies:.3f} -> base + adapter {comedy_loss:.3f} after {steps} steps "
+      f"(adapter - base, paired over the same windows: {d_com:+.3f} +- {se_com:.3f})")
+print(f"own genres loss: base {base_loss_seen:.3f} -> base + adapter {seen_loss:.3f} "
+      f"({d_own:+.3f} +- {se_own:.3f})")
+print(f"adapters switched off: comedies {off_comedy:.3f}, own genres {off_seen:.3f}; identical to the base "
+      f"on every window: {all(np.array_equal(off_w[g], base_w[g]) for g in off_w)}")
 print("base fingerprint after training:", after_train, "(unchanged)" if after_train == before else "(CHANGED)")
 
 fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -350,6 +369,91 @@ print(f"parameter-efficient fine-tuning: train {counts['trainable'] / counts['to
       f"keep the rest as they are")
 
 # %% [markdown]
+# ## 9. Steering or teaching? LoRA on a random base
+#
+# "LoRA steers a model that already works" is a claim we can test in seconds on the digits MLP
+# of chapter 05: the same LoRA (r = 8 and r = 1, alpha = 16, on fc1, fc2, fc3), the same
+# batches and steps on the rotated digits, once on the shipped pretrained MLP (trained on
+# upright digits) and once on a randomly initialised MLP of the same shape. Each base gets its
+# own learning rate, tuned on a grid by accuracy on a tuning split (the last fifth of the
+# rotated training images, never trained on); the course's fixed digits test split
+# (`tinylora.evaluate.digits_heldout`, rotated) is used only at the end, over three seeds,
+# with a paired difference and +-2 standard errors over the same test images.
+
+# %%
+from tinylora.data import load_digits
+from tinylora.evaluate import accuracy_per_example, digits_heldout
+from tinylora.models import MLP
+
+rot = load_digits(rotate=True)
+x_test, y_test = digits_heldout(rotate=True)
+n_tune = len(rot.y_train) // 5
+x_fit, y_fit, x_tune, y_tune = rot.x_train[:-n_tune], rot.y_train[:-n_tune], rot.x_train[-n_tune:], rot.y_train[-n_tune:]
+digits_card = load_base("digits").card
+D_STEPS = 20 if FAST else 300
+LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+SEEDS = (0,) if FAST else (0, 1, 2)
+RANKS = (8, 1)
+print(f"rotated digits: {len(y_fit)} training images, {len(y_tune)} for tuning the lr, {len(y_test)} test images")
+print(f"{D_STEPS} steps of 64 images, AdamW, learning rates tried: {LRS}, seeds {SEEDS}")
+
+
+def digits_base(kind, seed):
+    """The shipped pretrained MLP, or a random one of the same shape (its own seed per run)."""
+    if kind == "pretrained":
+        return load_base("digits").model
+    tl.manual_seed(1000 + seed)
+    return MLP(**digits_card["config"])
+
+
+def lora_run(kind, r, lr, seed):
+    m = digits_base(kind, seed)
+    tl.manual_seed(seed)
+    lora.apply_lora(m, lora.LoRAConfig(r=r, alpha=16, target_modules=("fc1", "fc2", "fc3")))
+    opt_d = optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
+    pick = np.random.default_rng(seed)
+
+    def batch():  # the same batches for both bases
+        i = pick.integers(0, len(y_fit), 64)
+        return x_fit[i], y_fit[i]
+
+    train(m, opt_d, batch, D_STEPS, seed=seed, progress=False)
+    return m
+
+
+for kind in ("pretrained", "random"):
+    print(f"{kind:>10} base before training: rotated test accuracy "
+          f"{accuracy_per_example(digits_base(kind, 0), x_test, y_test).mean():.2%}")
+tuned = {}
+for r in RANKS:
+    for kind in ("pretrained", "random"):
+        acc = {lr: accuracy_per_example(lora_run(kind, r, lr, 0), x_tune, y_tune).mean() for lr in LRS}
+        tuned[(kind, r)] = max(acc, key=acc.get)
+        print(f"r = {r}, {kind:>10}: tuning accuracy " + ", ".join(f"lr {lr:g} {a:.1%}" for lr, a in acc.items())
+              + f"  -> lr {tuned[(kind, r)]:g}")
+
+# %%
+steer = {}
+for r in RANKS:
+    correct = {kind: np.mean([accuracy_per_example(lora_run(kind, r, tuned[(kind, r)], s), x_test, y_test)
+                              for s in SEEDS], axis=0) for kind in ("pretrained", "random")}
+    d, se = paired_diff(correct["pretrained"], correct["random"])
+    steer[r] = (correct, d, se)
+    print(f"r = {r}: rotated test accuracy, mean of {len(SEEDS)} seeds: pretrained base {correct['pretrained'].mean():.1%}, "
+          f"random base {correct['random'].mean():.1%}; pretrained - random {100 * d:+.1f} +- {100 * se:.1f} points")
+
+fig, ax = plt.subplots(figsize=(6, 3.6))
+for j, kind in enumerate(("pretrained", "random")):
+    ax.bar(np.arange(len(RANKS)) + (j - 0.5) * 0.38, [100 * steer[r][0][kind].mean() for r in RANKS], 0.38,
+           label=f"LoRA on the {kind} MLP")
+ax.set_xticks(np.arange(len(RANKS)), [f"r = {r}" for r in RANKS])
+ax.set(ylim=(0, 100), ylabel="rotated test accuracy (%)",
+       title=f"Rotated digits, {D_STEPS} steps, each base at its tuned lr")
+ax.legend(loc="lower right")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
 # ## Check yourself, answered by the notebook
 #
 # **1. What stays frozen in LoRA?** Every base weight: the fingerprint of all of them is the same
@@ -393,3 +497,38 @@ print(f"adapter: input {len(line)} -> {len(line)} characters, base weights uncha
       f"(fingerprint {fp_adapter}), extra weights {adapter_numbers:,} numbers in "
       f"{len(lora.lora_layers(model))} layers")
 print(f"both move the next-character distribution: adapter {tv(p_base, p_adapter):.3f}, prompt {tv(p_base, p_prompt):.3f}")
+
+
+# %% [markdown]
+# ## Try it
+#
+# Starting cells for the chapter's exercises; each runs as it is.
+#
+# **1. A random GPT.** The digits were easy for a random base. Do the same on the Shakespeare
+# GPT: LoRA r = 8 on q_proj and v_proj of a randomly initialised GPT of the base's shape,
+# trained on comedies like the adapter of section 3. Raise `try_steps` and try a few learning
+# rates before you conclude anything.
+
+# %%
+from tinylora.models import GPT
+
+try_steps = 3 if FAST else 20  # <- raise this (section 3 used 200), and tune lr
+tl.manual_seed(0)
+random_gpt = lora.apply_lora(GPT(cfg), config)
+opt_try = optim.AdamW(random_gpt.parameters(), lr=3e-3, weight_decay=0.0)
+train(random_gpt, opt_try, WindowSampler(comedies.train, cfg.block_size, 16, seed=SEED).sample, try_steps,
+      seed=SEED, progress=False)
+print(f"random GPT + LoRA after {try_steps} steps: comedies held-out loss {lm_loss(random_gpt, 'comedies'):.3f} "
+      f"(the pretrained base alone: {base_loss_comedies:.3f})")
+
+# %% [markdown]
+# **2. How much does the rotated task need?** Section 9 at other ranks and step counts: change
+# `r_try` and `steps_try` (the learning rates are the ones tuned at r = 8).
+
+# %%
+r_try, steps_try = 2, (10 if FAST else 100)  # <- change these
+D_STEPS, saved_steps = steps_try, D_STEPS
+for kind in ("pretrained", "random"):
+    acc = accuracy_per_example(lora_run(kind, r_try, tuned[(kind, 8)], 0), x_test, y_test).mean()
+    print(f"r = {r_try}, {steps_try} steps, {kind} base: rotated test accuracy {acc:.1%}")
+D_STEPS = saved_steps

@@ -186,6 +186,95 @@ print(f"LoRA's own work (adapter products, folding, AdamW on A and B): "
       f"{np.median(times['LoRA r=8']) - np.median(times['floor']):.1f} ms per step")
 
 # %% [markdown]
+# ## The memory LoRA does not save: activations
+#
+# Between the forward pass and the backward pass, the graph keeps what the backward will need:
+# each op's inputs or outputs (the input of every linear layer, attention's probabilities,
+# GELU's and LayerNorm's inputs, ...). We measure it with `tracemalloc` (NumPy reports its
+# array allocations to it): the memory still held after the forward pass of a training step,
+# with the graph alive and before `backward`, for full fine-tuning and for LoRA r = 8 on q_proj
+# and v_proj, at three batch sizes of the width-128 benchmark GPT. The same forward under
+# `no_grad`, which keeps no graph, is the control. Weights, gradients and AdamW state (after
+# two warm-up steps) are counted beside it.
+
+# %%
+import gc
+import tracemalloc
+
+from tinylora import lora as tl_lora
+from tinylora.models import GPT, GPTConfig
+from tinylora.optim import AdamW
+
+
+def memory_of_a_step(problem, mode):
+    """Bytes held after the forward (graph alive) and after a no_grad forward; weights, grads, AdamW state."""
+    m = GPT(GPTConfig(**problem["config"]))
+    m.load_state_dict(problem["state"])
+    if mode == "lora":
+        tl_lora.apply_lora(m, tl_lora.LoRAConfig(r=8, alpha=16, target_modules=("q_proj", "v_proj")))
+    m.train()
+    x, y = problem["x"], problem["y"]
+    opt_m = AdamW(m.parameters(), lr=1e-3)
+    for _ in range(2):  # warm up: gradients and optimizer state exist, as in the middle of training
+        _, loss = m(x, y)
+        opt_m.zero_grad()
+        loss.backward()
+        opt_m.step()
+    grads = sum(p.grad.nbytes for p in m.parameters() if p.grad is not None)
+    opt_m.zero_grad()
+    del loss
+    held = {}
+    for graph in (True, False):
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        if graph:
+            _, loss = m(x, y)  # the graph (and all it keeps for backward) is alive while `loss` is
+        else:
+            with tl.no_grad():
+                _, loss = m(x, y)
+        held[graph] = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        del loss
+    return dict(graph=held[True], no_grad=held[False], weights=sum(p.data.nbytes for p in m.parameters()),
+                grads=grads, adamw=opt_m.state_bytes())
+
+
+BATCHES = (2, 4) if FAST else (8, 16, 32)
+act = {(b, mode): memory_of_a_step(bench.gpt_problem(batch=b), mode) for b in BATCHES for mode in ("full", "lora")}
+MB = 1e6
+print(f"{'batch':>5} {'mode':<5} {'kept for backward':>18} {'no_grad forward':>16} {'weights':>9} "
+      f"{'gradients':>10} {'AdamW state':>12}   (MB)")
+for (b, mode), a in act.items():
+    print(f"{b:>5} {mode:<5} {a['graph'] / MB:>18.2f} {a['no_grad'] / MB:>16.2f} {a['weights'] / MB:>9.2f} "
+          f"{a['grads'] / MB:>10.2f} {a['adamw'] / MB:>12.2f}")
+for b in BATCHES:
+    f, l = act[(b, "full")], act[(b, "lora")]
+    print(f"batch {b}: LoRA / full, kept for backward {l['graph'] / f['graph']:.3f}; "
+          f"weights + gradients + AdamW state {(l['weights'] + l['grads'] + l['adamw']) / (f['weights'] + f['grads'] + f['adamw']):.3f}")
+b = BATCHES[-1]
+print(f"batch {b}, full fine-tuning: activations kept for backward are "
+      f"{act[(b, 'full')]['graph'] / (act[(b, 'full')]['weights'] + act[(b, 'full')]['grads'] + act[(b, 'full')]['adamw']):.1f} x "
+      f"the weights, gradients and AdamW state together")
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.8))
+xb = np.arange(len(BATCHES))
+for j, mode in enumerate(("full", "lora")):
+    a = [act[(b, mode)] for b in BATCHES]
+    ax.bar(xb + (j - 0.5) * 0.38, [v["graph"] / MB for v in a], 0.38, label=f"{mode}: activations kept for backward",
+           color=f"C{j}")
+    ax.bar(xb + (j - 0.5) * 0.38, [(v["weights"] + v["grads"] + v["adamw"]) / MB for v in a], 0.38,
+           bottom=[v["graph"] / MB for v in a], color=f"C{j}", alpha=0.4,
+           label=f"{mode}: weights + gradients + AdamW state")
+ax.set_xticks(xb, [f"batch {b}" for b in BATCHES])
+ax.set_ylabel("MB held during a training step")
+ax.set_title("GPT width 128, blocks of 64: what a training step holds")
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
 # ## Memory that is given back too early
 #
 # A training step allocates and frees the same large arrays every time. By default glibc hands
@@ -250,3 +339,28 @@ else:
         print(f"{mode:<4} step: tinylora {np.median(r[:, 0]):6.1f} ms, PyTorch {np.median(r[:, 1]):6.1f} ms, "
               f"ratio {np.median(ratios):.2f} (each round: {', '.join(f'{x:.2f}' for x in ratios)}); "
               f"best steps {r[:, 2].min():.1f} vs {r[:, 3].min():.1f} ms, ratio {r[:, 2].min() / r[:, 3].min():.2f}")
+
+# %% [markdown]
+# ## Try it
+#
+# Starting cells for the chapter's exercises; each runs as it is.
+#
+# **1. What activations scale with.** `memory_of_a_step` from the activation cell, for another
+# block length or width: change `block` and `width`, and predict the ratio to the batch-8 row
+# above before you run it.
+
+# %%
+block, width = 128, 128  # <- change these (the table above used block 64, width 128)
+a_try = memory_of_a_step(bench.gpt_problem(batch=8 if not FAST else 2, n_embd=width, block_size=block), "lora")
+print(f"LoRA, batch {8 if not FAST else 2}, block {block}, width {width}: {a_try['graph'] / MB:.1f} MB kept for "
+      f"backward, {a_try['weights'] / MB:.1f} MB of weights")
+
+# %% [markdown]
+# **2. Does the rank cost time?** Time LoRA steps at a few ranks against the full step, taking
+# turns as the floor cell does. Add ranks, or widen the model.
+
+# %%
+for r_try in (8, 64):  # <- add ranks
+    t_l = bench.time_steps(bench.gpt_tinylora_step(problem, r_try), STEPS, warmup=2)["median_ms"]
+    t_f = bench.time_steps(bench.gpt_tinylora_step(problem), STEPS, warmup=2)["median_ms"]
+    print(f"r = {r_try:>3}: LoRA {t_l:.1f} ms, full {t_f:.1f} ms, LoRA / full {t_l / t_f:.2f}")
