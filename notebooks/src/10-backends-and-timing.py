@@ -287,6 +287,7 @@ plt.show()
 probe = """
 import resource, time, tinylora as tl
 from tinylora import bench
+tl.keep_freed_memory()  # does nothing when TINYLORA_KEEP_FREED_MEMORY=0
 step = bench.gpt_tinylora_step(bench.gpt_problem())
 for _ in range(2): step()
 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; t0 = time.perf_counter()
