@@ -160,7 +160,8 @@ def test_config_round_trips_through_peft_key_names():
     )
     d = cfg.to_dict()
     assert d["r"] == 4 and d["lora_alpha"] == 8 and d["lora_dropout"] == 0.1
-    assert d["target_modules"] == ["q_proj", "up_proj"] and d["init"] == "gaussian" and d["rslora"] is True
+    assert d["target_modules"] == ["q_proj", "up_proj"] and d["init_lora_weights"] == "gaussian"
+    assert d["use_rslora"] is True and d["peft_type"] == "LORA"
     assert LoRAConfig.from_dict(d) == cfg
     with pytest.raises(ValueError, match="lora_alpha"):
         LoRAConfig.from_dict({"r": 4, "target_modules": ["q_proj"]})
@@ -675,8 +676,12 @@ def test_mark_only_lora_trainable_bias_modes():
 
 def test_modules_to_save_stay_trainable():
     model = lora.apply_lora(tiny_gpt(tie_weights=False), LoRAConfig(modules_to_save=("lm_head", "ln_f")))
-    extra = {n for n in trainable_names(model) if "adapters" not in n}
-    assert extra == {"lm_head.weight", "ln_f.weight", "ln_f.bias"}
+    extra = {n for n in trainable_names(model) if ".lora_" not in n}  # each saved module: the adapter's copy
+    assert extra == {
+        "lm_head.adapters.default.weight",
+        "ln_f.adapters.default.weight",
+        "ln_f.adapters.default.bias",
+    }
     model = tiny_gpt()
     with pytest.raises(ValueError, match="modules_to_save"):
         lora.apply_lora(model, LoRAConfig(modules_to_save=("classifier",)))

@@ -1,9 +1,10 @@
 """LoRA: adapters beside a frozen base (inject, train, merge, swap, save and load)."""
 
-from .config import LoRAConfig
+from .config import AdapterSettings, LoRAConfig
 from .files import AdapterFileError, load_adapter, read_adapter_config, save_adapter
 from .layer import Adapter, LoRALinear
 from .model import (
+    ModulesToSave,
     ParameterReport,
     active_adapter,
     adapter_names,
@@ -18,12 +19,16 @@ from .model import (
     merge_and_unload,
     merge_lora,
     parameter_report,
+    saved_modules,
     set_adapter,
     unmerge_lora,
 )
 
 __all__ = [
     "LoRAConfig",
+    "AdapterSettings",
+    "ModulesToSave",
+    "saved_modules",
     "LoRALinear",
     "Adapter",
     "apply_lora",

@@ -20,7 +20,7 @@ from .. import functional as F
 from ..nn import Linear, Module, ModuleDict, Parameter
 from ..nn.layers import normal, uniform
 from ..tensor import is_grad_enabled
-from .config import LoRAConfig
+from .config import AdapterSettings, LoRAConfig, adapter_settings
 
 
 def digest(*arrays) -> str:
@@ -66,7 +66,7 @@ class LoRALinear(Module):
         init: str = "kaiming",
         rslora: bool = False,
         adapter_name: str = "default",
-        config: LoRAConfig | None = None,
+        config: LoRAConfig | AdapterSettings | None = None,
     ):
         super().__init__()
         if not isinstance(base, Linear):
@@ -77,10 +77,9 @@ class LoRALinear(Module):
         self.active = None  # name of the adapter in use, or None
         self.merged = None  # name of the adapter folded into base.weight, or None
         self.disabled = False
-        cfg = config or LoRAConfig(
-            r=r, alpha=alpha, dropout=dropout, init=init, rslora=rslora, target_modules=("*",)
-        )
-        self.add_adapter(adapter_name, cfg)
+        if config is None:  # LoRAConfig checks the values; the layer keeps only the per-adapter part
+            config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, init=init, rslora=rslora)
+        self.add_adapter(adapter_name, adapter_settings(config))
         self.active = adapter_name
         base.requires_grad_(False)  # frozen only once the adapter exists (a failure leaves it as it was)
 
