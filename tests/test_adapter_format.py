@@ -224,3 +224,45 @@ def test_a_pissa_adapter_is_written_in_peft_rank_2r_form(tmp_path):
     np.testing.assert_allclose(plain.blocks[0].attn.q_proj.weight.numpy() + 2.0 * b @ a, w_now, atol=1e-5)
     fresh = lora.load_adapter(plain, tmp_path)
     np.testing.assert_allclose(fresh(ids()).numpy(), model(ids()).numpy(), atol=1e-5)
+
+
+# ============================================================== modules_to_save per adapter
+
+
+def with_head(name, seed):
+    """A tiny GPT with adapter `name` whose own copy of lm_head is 'trained'."""
+    model = tiny_gpt(tie_weights=False)
+    lora.apply_lora(model, LoRAConfig(r=2, alpha=4, modules_to_save=("lm_head",)), adapter_name=name)
+    fill(model, name, seed)
+    head = model.lm_head.adapters[name].weight
+    head.data = head.data + np.float32(0.1 * seed)
+    return model
+
+
+def test_each_adapter_keeps_its_own_trained_head(tmp_path):
+    a = with_head("a", seed=1)
+    lora.save_adapter(a, tmp_path / "a")
+    b = with_head("b", seed=2)
+    lora.save_adapter(b, tmp_path / "b")
+    model = lora.load_adapter(tiny_gpt(tie_weights=False), tmp_path / "a")
+    out_a = model(ids()).numpy()
+    lora.load_adapter(model, tmp_path / "b")  # must not overwrite a's head
+    np.testing.assert_array_equal(model(ids()).numpy(), b(ids()).numpy())
+    lora.set_adapter(model, "a")
+    np.testing.assert_array_equal(model(ids()).numpy(), out_a)
+    np.testing.assert_array_equal(out_a, a(ids()).numpy())
+    assert {n for n, p in model.named_parameters() if p.requires_grad} >= {"lm_head.adapters.a.weight"}
+    assert (
+        not model.lm_head.adapters["b"].weight.requires_grad and not model.lm_head.base.weight.requires_grad
+    )
+
+
+def test_disabling_adapters_restores_the_original_head():
+    model = with_head("a", seed=1)
+    plain = tiny_gpt(tie_weights=False)
+    assert not np.allclose(model(ids()).numpy(), plain(ids()).numpy())
+    with lora.disable_adapters(model):
+        np.testing.assert_array_equal(model(ids()).numpy(), plain(ids()).numpy())
+    lora.delete_adapter(model, "a")
+    assert type(model.lm_head).__name__ == "Linear"  # the wrapper goes with the last adapter
+    np.testing.assert_array_equal(model(ids()).numpy(), plain(ids()).numpy())

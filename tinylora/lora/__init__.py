@@ -23,6 +23,7 @@ from .model import (
     set_adapter,
     unmerge_lora,
 )
+from .weighted import add_weighted_adapter
 
 __all__ = [
     "LoRAConfig",
@@ -51,4 +52,5 @@ __all__ = [
     "adapter_names",
     "active_adapter",
     "find_targets",
+    "add_weighted_adapter",
 ]
