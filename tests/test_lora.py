@@ -628,7 +628,7 @@ def test_adapting_twice_is_refused_and_points_to_add_adapter():
 
 @pytest.mark.parametrize(
     "target, kind",
-    [(("ln_1",), "LayerNorm"), (("attn",), "CausalSelfAttention"), (("tok_emb",), "Embedding")],
+    [(("ln_1",), "LayerNorm"), (("attn",), "CausalSelfAttention")],  # nn.Embedding: LoRAEmbedding (issue 15)
 )
 def test_a_target_that_is_not_linear_is_refused_naming_its_type(target, kind):
     model = tiny_gpt()

@@ -20,7 +20,7 @@ from .tensor import (
     zeros,
 )
 from .gradcheck import GradcheckError, gradcheck
-from . import functional
+from . import functional, reference
 from . import io, nn, models, optim, lora, lowrank, data
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "stack",
     "where",
     "functional",
+    "reference",
     "io",
     "nn",
     "models",

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from . import backend as B
+from . import __version__, backend
 from .io import load_weights, save_weights, write_text_atomic
 from .models import GPT, MLP, GPTConfig
 from .optim import AdamW, CosineSchedule
@@ -120,13 +119,13 @@ def _write(name: str, model, card: dict, directory=None) -> Path:
 
 
 def _machine() -> dict:
-    blas = B.blas_info()
+    blas = backend.blas_info()
     return {
         "python": platform.python_version(),
         "numpy": np.__version__,
         "machine": platform.machine(),
         "blas_threads": blas["threads"],
-        "backend": B.get_backend(),
+        "backend": backend.get_backend(),
     }
 
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from . import backend as B
+from . import backend
 from . import functional as F
 from .tensor import Tensor
 
@@ -30,7 +30,7 @@ def time_steps(step, steps: int = 20, warmup: int = 3, sync=None) -> dict:
     """Median and spread of `steps` calls of step() after `warmup` calls, in milliseconds."""
     if steps < 1 or warmup < 0:
         raise ValueError(f"time_steps: need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    sync = sync or B.synchronize
+    sync = sync or backend.synchronize
     for _ in range(warmup):
         step()
     sync()
@@ -66,7 +66,7 @@ def mlp_problem(sizes=MLP_SIZES, batch=MLP_BATCH, seed=0) -> dict:
 
 def mlp_floor_step(problem: dict):
     """The hand-written MLP step: forward, backward and SGD in plain array code."""
-    xp = B.xp()
+    xp = backend.xp()
     x, y = xp.asarray(problem["x"]), xp.asarray(problem["y"])
     ws = [xp.asarray(w).copy() for w in problem["weights"]]
     bs = [xp.asarray(b).copy() for b in problem["biases"]]
@@ -94,14 +94,14 @@ def mlp_floor_step(problem: dict):
             ws[i] -= LR * gw
             bs[i] -= LR * gb
 
-    step.params = lambda: [B.to_numpy(a) for a in ws + bs]  # weights (out, in), then biases
+    step.params = lambda: [backend.to_numpy(a) for a in ws + bs]  # weights (out, in), then biases
     return step
 
 
 def mlp_tinylora_step(problem: dict):
     """The MLP step on tinylora's Tensor API with plain SGD."""
     x = Tensor(problem["x"])
-    y = B.xp().asarray(problem["y"])
+    y = backend.xp().asarray(problem["y"])
     params = [Tensor(w.copy(), requires_grad=True) for w in problem["weights"]]
     params += [Tensor(b.copy(), requires_grad=True) for b in problem["biases"]]
     n = len(problem["weights"])
@@ -120,7 +120,7 @@ def mlp_tinylora_step(problem: dict):
             p.data -= LR * p.grad
 
     step.trainable, step.optimizer = sum(p.size for p in params), None
-    step.params = lambda: [B.to_numpy(p.data) for p in params]
+    step.params = lambda: [backend.to_numpy(p.data) for p in params]
     return step
 
 
@@ -133,7 +133,7 @@ def torch_module():
 
 
 def torch_device() -> str:
-    return "cuda" if B.get_backend() == "cupy" else "cpu"
+    return "cuda" if backend.get_backend() == "cupy" else "cpu"
 
 
 def torch_sync():
@@ -298,11 +298,11 @@ def gpt_problem(n_embd: int = 128, batch: int = GPT_BATCH, seed: int = 0, **over
 
     shape = dict(GPT_SHAPE, n_embd=n_embd, **overrides)
     manual_seed(seed)
-    with B.use_backend("numpy"):
+    with backend.use_backend("numpy"):
         model = GPT(GPTConfig(**shape))
     r = np.random.default_rng(seed)
     ids = r.integers(0, shape["vocab_size"], (batch, shape["block_size"] + 1))
-    state = {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
+    state = {k: backend.to_numpy(v).copy() for k, v in model.state_dict().items()}
     return {"config": shape, "state": state, "x": ids[:, :-1], "y": ids[:, 1:]}
 
 
@@ -328,7 +328,7 @@ def gpt_tinylora_step(problem: dict, lora_r: int | None = None, lr: float = 1e-3
         )
         lora.mark_only_lora_trainable(model)
     opt = AdamW(model.parameters(), lr=lr)
-    xp = B.xp()
+    xp = backend.xp()
     x, y = xp.asarray(problem["x"]), xp.asarray(problem["y"])
 
     def step():
@@ -416,7 +416,7 @@ def _memory(step) -> dict:
 
     opt = getattr(step, "optimizer", None)
     out = {"optimizer_state_bytes": opt.state_bytes() if opt is not None else 0, "peak_step_bytes": None}
-    if B.get_backend() == "numpy":
+    if backend.get_backend() == "numpy":
         tracemalloc.start()
         try:
             tracemalloc.reset_peak()
@@ -449,7 +449,7 @@ def measure(spec: dict) -> dict:
     step = make_step(spec)
     torch = torch_module() if spec["impl"] == "pytorch" else None
     if torch is not None and spec["backend"] == "numpy":
-        torch.set_num_threads(B.blas_info()["threads"] or 1)
+        torch.set_num_threads(backend.blas_info()["threads"] or 1)
     sync = torch_sync if torch is not None else None
     row = dict(spec, **time_steps(step, spec["steps"], spec["warmup"], sync=sync))
     row["trainable_params"] = getattr(step, "trainable", None)
@@ -511,10 +511,10 @@ def run_bench(
     if compare_torch and torch is None:
         echo("(--compare-torch: PyTorch is not installed here; pip install torch to compare)")
     specs = []
-    for backend in backends:
-        base = {"backend": backend, "steps": steps, "warmup": warmup}
-        impls = ["tinylora"] + (["floor"] if backend == "numpy" else []) + (["pytorch"] if torch else [])
-        impls += list(PEERS) if peers and backend == "numpy" else []
+    for name in backends:
+        base = {"backend": name, "steps": steps, "warmup": warmup}
+        impls = ["tinylora"] + (["floor"] if name == "numpy" else []) + (["pytorch"] if torch else [])
+        impls += list(PEERS) if peers and name == "numpy" else []
         specs += [dict(base, model="mlp", mode="full", width=MLP_SIZES[1], impl=i) for i in impls]
         for width in widths:
             for mode in ("full", "lora"):
@@ -634,7 +634,7 @@ def machine_info(torch=None) -> dict:
     """What the numbers were measured on."""
     import platform
 
-    blas = B.blas_info()
+    blas = backend.blas_info()
     info = {
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -642,7 +642,7 @@ def machine_info(torch=None) -> dict:
         "blas_threads": blas["threads"],
         "processor": platform.processor() or platform.machine(),
         "cpu_count": __import__("os").cpu_count(),
-        "cupy": B.versions()["cupy"],
+        "cupy": backend.versions()["cupy"],
     }
     if torch is not None:
         info["torch"] = torch.__version__

@@ -6,22 +6,21 @@ import argparse
 import platform
 import sys
 
-from . import __version__
-from . import backend as B
+from . import __version__, backend
 
 
 def cmd_info(args) -> int:
     """Print versions, backends and BLAS threads."""
-    versions = B.versions()
-    blas = B.blas_info()
+    versions = backend.versions()
+    blas = backend.blas_info()
     rows = [
         ("tinylora", __version__),
         ("python", platform.python_version()),
         ("numpy", versions["numpy"]),
         ("cupy", versions["cupy"] or "not installed"),
-        ("backend", B.get_backend()),
-        ("available backends", ", ".join(B.available_backends())),
-        ("device", B.device_name()),
+        ("backend", backend.get_backend()),
+        ("available backends", ", ".join(backend.available_backends())),
+        ("device", backend.device_name()),
         ("BLAS", f"{blas['library']}, {blas['threads']} threads"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -33,10 +32,10 @@ def cmd_info(args) -> int:
 def _backends(text: str) -> list:
     """Parse --backend numpy,cupy, refusing unknown names with the valid ones listed."""
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in B.BACKENDS]
+    bad = [n for n in names if n not in backend.BACKENDS]
     if not names or bad:
         raise argparse.ArgumentTypeError(
-            f"invalid backend {', '.join(bad) or repr(text)}: choose from {', '.join(B.BACKENDS)} (comma-separated)"
+            f"invalid backend {', '.join(bad) or repr(text)}: choose from {', '.join(backend.BACKENDS)} (comma-separated)"
         )
     return names
 
@@ -92,12 +91,12 @@ def cmd_bench(args) -> int:
     from .bench import check_widths, run_bench
 
     quiet = (lambda *a, **k: None) if args.json else print
-    available = B.available_backends()
+    available = backend.available_backends()
     missing = [b for b in args.backend if b not in available]
     if missing:
         raise SystemExit(
             f"tinylora bench: backend {', '.join(missing)} is not available here (available: {', '.join(available)}); "
-            f"for cupy: {B.INSTALL_HINT}"
+            f"for cupy: {backend.INSTALL_HINT}"
         )
     try:
         check_widths(args.width)
@@ -200,7 +199,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileExistsError, FileNotFoundError, B.BackendUnavailableError, ImportError, ValueError) as e:
+    except (
+        FileExistsError,
+        FileNotFoundError,
+        backend.BackendUnavailableError,
+        ImportError,
+        ValueError,
+    ) as e:
         print(f"tinylora {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend as B
 from . import lora
+from .backend import device_name, get_backend, set_backend
 from .bases import load_base
 from .data import WindowSampler, load_digits, load_shakespeare
 from .io import save_weights
@@ -224,9 +224,9 @@ def run_demo(
     """Run the demo and write the report folder; returns the results (without models)."""
     out = Path(out)
     tmp = _prepare_out(out, force)
-    restore = B.get_backend()
+    restore = get_backend()
     try:
-        B.set_backend(backend)
+        set_backend(backend)
         steps = FAST_STEPS if fast else FULL_STEPS
         t0 = time.perf_counter()
         rows = [_run("digits", m, r, steps["digits"], seed, tmp, progress) for m, r in DIGITS_RUNS]
@@ -249,8 +249,8 @@ def run_demo(
         echo("\n" + samples)
         plots = [_plot(rows, t, tmp / f"{t}_loss.png") for t in ("digits", "shakespeare")]
         machine = {
-            "backend": B.get_backend(),
-            "device": B.device_name(),
+            "backend": get_backend(),
+            "device": device_name(),
             "fast": fast,
             "seed": seed,
             "seconds_total": time.perf_counter() - t0,
@@ -285,7 +285,7 @@ def run_demo(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        B.set_backend(restore)
+        set_backend(restore)
     echo(
         f"\nreport written to {out}/ in {machine['seconds_total']:.0f} s: results.md, results.json, "
         "*_loss.png, samples.txt, adapters/"

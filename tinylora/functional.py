@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import backend as B
+from . import backend
 from .tensor import Tensor, is_grad_enabled
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -19,13 +19,13 @@ def _t(x) -> Tensor:
 
 
 def _xp(t: Tensor):
-    return B.module_of(t.data)
+    return backend.module_of(t.data)
 
 
 def _same_backend(op: str, *ts) -> None:
     kinds = {type(t.data) for t in ts if t is not None}
     if len(kinds) > 1:
-        B.check_same_backend(op, *[t.data for t in ts if t is not None])
+        backend.check_same_backend(op, *[t.data for t in ts if t is not None])
 
 
 def _flat_rows(data, n: int):
@@ -38,7 +38,7 @@ _ones_cache: dict = {}
 
 def _ones(n: int, like):
     """A cached vector of n ones in like's dtype and backend."""
-    xp = B.module_of(like)
+    xp = backend.module_of(like)
     key = (n, like.dtype.str, xp.__name__)
     v = _ones_cache.get(key)
     if v is None:
@@ -193,7 +193,7 @@ def gelu(x, approximate: str = "tanh") -> Tensor:
             return (g * d,)
 
     elif approximate == "none":
-        cdf = 0.5 * (1 + B.erf(a * (1 / math.sqrt(2.0))))
+        cdf = 0.5 * (1 + backend.erf(a * (1 / math.sqrt(2.0))))
         out = a * cdf
 
         def backward(g):  # d/dx = Phi(x) + x phi(x)
@@ -212,7 +212,7 @@ def _gelu_tanh(a, grad: bool) -> tuple:
     The forward leaves the derivative behind, so the backward is one product. Written pass by
     pass into a few buffers (and never a**3: numpy's pow is ~300x slower than two products).
     """
-    xp = B.module_of(a)
+    xp = backend.module_of(a)
     a2 = a * a
     p = a2 * (_SQRT_2_OVER_PI * _GELU_C)
     p += _SQRT_2_OVER_PI
@@ -289,7 +289,7 @@ def log_softmax(x, axis: int = -1) -> Tensor:
     return Tensor._node(out, "log_softmax", (x,), backward)
 
 
-def _targets(targets, shape: tuple, n_classes: int, ignore_index, op: str, backend: str = "numpy"):
+def _targets(targets, shape: tuple, n_classes: int, ignore_index, op: str, on: str = "numpy"):
     """Validated integer class ids as a backend array of `shape`."""
     t = targets.data if isinstance(targets, Tensor) else targets
     if isinstance(t, (list, tuple, int)):
@@ -302,10 +302,10 @@ def _targets(targets, shape: tuple, n_classes: int, ignore_index, op: str, backe
             f"{op}: targets have shape {tuple(t.shape)} but logits need {tuple(shape)} "
             f"(logits shape {tuple(shape) + (n_classes,)})"
         )
-    flat = B.asarray(t.reshape(-1), backend=backend)  # targets live where the logits do
+    flat = backend.asarray(t.reshape(-1), backend=on)  # targets live where the logits do
     valid = flat if ignore_index is None else flat[flat != ignore_index]
     if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= n_classes):
-        host = B.to_numpy(flat)
+        host = backend.to_numpy(flat)
         bad = (host < 0) | (host >= n_classes)
         if ignore_index is not None:
             bad &= host != ignore_index
@@ -438,7 +438,7 @@ def embedding(ids, weight) -> Tensor:
         idx = np.asarray(idx)
     if not hasattr(idx, "dtype") or idx.dtype.kind not in "iu":
         raise TypeError(f"embedding: ids must be integers, got {getattr(idx, 'dtype', type(idx).__name__)}")
-    idx = B.asarray(idx, backend=B.backend_of(weight.data))
+    idx = backend.asarray(idx, backend=backend.backend_of(weight.data))
     if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= num):
         bad = int(idx.max()) if int(idx.max()) >= num else int(idx.min())
         raise ValueError(
@@ -447,8 +447,8 @@ def embedding(ids, weight) -> Tensor:
     out = weight.data[idx]  # (*ids.shape, dim)
 
     def backward(g):  # scatter-add rows of g back into the rows they came from
-        gw = B.module_of(g).zeros_like(weight.data)
-        B.scatter_add(gw, idx.reshape(-1), g.reshape(-1, dim))
+        gw = backend.module_of(g).zeros_like(weight.data)
+        backend.scatter_add(gw, idx.reshape(-1), g.reshape(-1, dim))
         return (gw,)
 
     return Tensor._node(out, "embedding", (weight,), backward)
@@ -463,7 +463,7 @@ def dropout(x, p: float = 0.5, training: bool = True) -> Tensor:
         return x
     if p == 1.0:
         return x * 0.0
-    mask = (B.rng(x.backend).random(x.shape, dtype=np.float32) >= p).astype(x.dtype)
+    mask = (backend.rng(x.backend).random(x.shape, dtype=np.float32) >= p).astype(x.dtype)
     mask *= 1.0 / (1.0 - p)
     return Tensor._node(x.data * mask, "dropout", (x,), lambda g: (g * mask,))
 
@@ -539,7 +539,7 @@ def scaled_dot_product_attention(
     if causal:
         s += _causal_bias(tq, tk, s.dtype, xp)
     if mask is not None:
-        allowed = mask.data if isinstance(mask, Tensor) else B.asarray(mask, backend=q.backend)
+        allowed = mask.data if isinstance(mask, Tensor) else backend.asarray(mask, backend=q.backend)
         if groups > 1 and allowed.ndim >= 3:
             allowed = (
                 allowed[..., None, :, :]
@@ -552,7 +552,7 @@ def scaled_dot_product_attention(
     p = _softmax_rows(s, own)  # attention weights (..., Tq, Tk)
     drop = None
     if dropout_p > 0.0 and training:
-        drop = (B.rng(q.backend).random(p.shape, dtype=np.float32) >= dropout_p).astype(p.dtype) / (
+        drop = (backend.rng(q.backend).random(p.shape, dtype=np.float32) >= dropout_p).astype(p.dtype) / (
             1 - dropout_p
         )
     pd = p if drop is None else p * drop
@@ -589,7 +589,7 @@ def _matmul_like(a, b, like):
     """
     if a.shape[:-2] != b.shape[:-2] or like.shape != (*a.shape[:-1], b.shape[-1]):
         return a @ b
-    xp = B.module_of(a)
+    xp = backend.module_of(a)
     return xp.matmul(a, b, out=xp.empty_like(like))
 
 
@@ -602,7 +602,7 @@ def _softmax_rows(s, own=None):
     exceeds its own by enough to overflow exp is redone with its max. Either way a row's result
     depends on that row alone.
     """
-    xp = B.module_of(s)
+    xp = backend.module_of(s)
     if own is None:
         s -= s.max(axis=-1, keepdims=True)
         xp.exp(s, out=s)

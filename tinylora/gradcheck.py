@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend as B
+from . import backend
 from .tensor import Tensor, _topological_order, no_grad
 
 
@@ -26,9 +26,9 @@ def numerical_jacobian(fn, inputs, index: int, eps: float = 1e-6) -> np.ndarray:
         for i in np.ndindex(data.shape):  # C order, as ravel() orders the analytic gradient
             old = data[i].item()
             data[i] = old + eps
-            plus = np.concatenate([B.to_numpy(o.data).ravel() for o in _outputs(fn, inputs)])
+            plus = np.concatenate([backend.to_numpy(o.data).ravel() for o in _outputs(fn, inputs)])
             data[i] = old - eps
-            minus = np.concatenate([B.to_numpy(o.data).ravel() for o in _outputs(fn, inputs)])
+            minus = np.concatenate([backend.to_numpy(o.data).ravel() for o in _outputs(fn, inputs)])
             data[i] = old
             columns.append((plus - minus) / (2 * eps))
     return np.stack(columns, axis=1) if columns else np.zeros((0, 0))
@@ -53,7 +53,7 @@ def analytical_jacobians(fn, inputs, indices) -> dict:
                     o.backward(seed.reshape(o.shape))
                     for i in indices:
                         if inputs[i].grad is not None:
-                            jac[i][row] = B.to_numpy(inputs[i].grad).ravel()
+                            jac[i][row] = backend.to_numpy(inputs[i].grad).ravel()
                 row += 1
     finally:
         for k, n in leaves.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend as B
+from . import backend
 from .tensor import Tensor
 
 
@@ -65,7 +65,9 @@ def save_weights(tensors: dict, path, metadata: dict | None = None) -> Path:
     st_numpy = _safetensors_numpy()
     arrays = {}
     for name, value in tensors.items():
-        arrays[name] = np.ascontiguousarray(B.to_numpy(value.data if isinstance(value, Tensor) else value))
+        arrays[name] = np.ascontiguousarray(
+            backend.to_numpy(value.data if isinstance(value, Tensor) else value)
+        )
         if arrays[name].dtype.kind not in "biuf":
             raise TypeError(
                 f"save_weights: {name!r} must be a numeric or boolean array, got dtype {arrays[name].dtype}"

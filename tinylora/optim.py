@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from . import backend as B
+from . import backend
 from .tensor import Tensor
 
 
@@ -63,7 +63,7 @@ class Optimizer:
     def _state(self, p, *names) -> dict:
         s = self.state.get(id(p))
         if s is None:
-            xp = B.module_of(p.data)
+            xp = backend.module_of(p.data)
             s = self.state[id(p)] = {n: xp.zeros_like(p.data) for n in names}
             s["step"] = 0
         return s
@@ -128,7 +128,7 @@ class Adam(Optimizer):
         s = self._state(p, "m", "v")
         s["step"] += 1
         m, v, t = s["m"], s["v"], s["step"]
-        xp = B.module_of(p.data)
+        xp = backend.module_of(p.data)
         m *= b1
         m += (1 - b1) * grad  # m = b1 m + (1 - b1) g
         work = grad * grad  # one scratch array for the rest of the update

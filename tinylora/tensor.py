@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from . import backend as B
+from . import backend
 
 _state = {"grad": True}
 
@@ -57,7 +57,7 @@ def _as_array(data, dtype=None):
     if isinstance(data, Tensor):
         data = data.data
     if hasattr(data, "shape") and hasattr(data, "dtype"):  # ndarray, numpy scalar, cupy array
-        arr = B.asarray(data)
+        arr = backend.asarray(data)
         return arr if dtype is None else arr.astype(dtype, copy=False)
     if dtype is None:
         arr = np.asarray(data)
@@ -65,7 +65,7 @@ def _as_array(data, dtype=None):
             dtype = np.float32
         elif arr.dtype == np.float64:
             dtype = np.float32
-    return B.asarray(data, dtype=dtype)
+    return backend.asarray(data, dtype=dtype)
 
 
 class Tensor:
@@ -113,14 +113,14 @@ class Tensor:
         """`other` as a Tensor for a binary op; python numbers stay weakly typed scalars."""
         if isinstance(other, Tensor):
             if type(other.data) is not type(self.data):
-                B.check_same_backend(op, self.data, other.data)
+                backend.check_same_backend(op, self.data, other.data)
             return other
         if isinstance(other, (int, float)) and not isinstance(other, bool):
             return Tensor._wrap(other)  # numpy/cupy keep float32 * 2.0 in float32
         if hasattr(other, "shape"):
-            B.check_same_backend(op, self.data, other)
+            backend.check_same_backend(op, self.data, other)
             return Tensor._wrap(other)
-        return Tensor._wrap(B.asarray(other, dtype=self.data.dtype))
+        return Tensor._wrap(backend.asarray(other, dtype=self.data.dtype))
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -129,13 +129,13 @@ class Tensor:
     ndim = property(lambda self: self.data.ndim, doc="Number of dimensions.")
     size = property(lambda self: int(self.data.size), doc="Number of elements.")
     is_leaf = property(lambda self: self._backward is None, doc="True unless an op made it.")
-    backend = property(lambda self: B.backend_of(self.data), doc='"numpy" or "cupy".')
+    backend = property(lambda self: backend.backend_of(self.data), doc='"numpy" or "cupy".')
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __repr__(self) -> str:
-        body = repr(B.to_numpy(self.data)).replace("array(", "").rstrip(")")
+        body = repr(backend.to_numpy(self.data)).replace("array(", "").rstrip(")")
         extra = ", requires_grad=True" if self.requires_grad else ""
         if self.backend != "numpy":
             extra += f", backend={self.backend!r}"
@@ -147,7 +147,7 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """The data as a NumPy array (a host copy on CuPy; the array itself on NumPy)."""
-        return B.to_numpy(self.data)
+        return backend.to_numpy(self.data)
 
     def item(self) -> float:
         """The value of a one-element tensor as a python number."""
@@ -172,9 +172,9 @@ class Tensor:
         """A new leaf sharing this data, outside the graph."""
         return Tensor._wrap(self.data)
 
-    def to(self, backend: str) -> Tensor:
+    def to(self, name: str) -> Tensor:
         """A leaf copy on another backend ("numpy" or "cupy"), keeping requires_grad."""
-        out = Tensor._wrap(B.asarray(self.data, backend=backend))
+        out = Tensor._wrap(backend.asarray(self.data, backend=name))
         out.requires_grad = self.requires_grad
         return out
 
@@ -211,7 +211,7 @@ class Tensor:
                     f"backward: grad can be omitted only for a one-element tensor, but this one "
                     f"has shape {self.shape}; pass grad= an array of that shape"
                 )
-            g = B.module_of(self.data).ones_like(self.data)
+            g = backend.module_of(self.data).ones_like(self.data)
         else:
             g = _as_array(grad, dtype=self.data.dtype)
             if tuple(g.shape) != self.shape:
@@ -295,7 +295,7 @@ class Tensor:
 
             def backward_t(g):
                 ga = g * b.data * a.data ** (b.data - 1) if a.requires_grad else None
-                gb = g * out * B.module_of(out).log(a.data) if b.requires_grad else None
+                gb = g * out * backend.module_of(out).log(a.data) if b.requires_grad else None
                 return ga, gb
 
             return Tensor._node(out, "pow", (a, b), backward_t)
@@ -372,11 +372,11 @@ class Tensor:
         """Sum over `axis` (int, tuple or None for all)."""
         a = self
         axis = _norm_axis(axis, a.ndim, "sum")
-        out = B.module_of(a.data).asarray(a.data.sum(axis=axis, keepdims=keepdims))
+        out = backend.module_of(a.data).asarray(a.data.sum(axis=axis, keepdims=keepdims))
 
         def backward(g):  # every summed element gets the same gradient
             gk = g if keepdims else _expand_reduced(g, a.ndim, axis)
-            return (B.module_of(g).broadcast_to(gk, a.data.shape),)
+            return (backend.module_of(g).broadcast_to(gk, a.data.shape),)
 
         return Tensor._node(out, "sum", (a,), backward)
 
@@ -413,27 +413,36 @@ class Tensor:
 
     def exp(self) -> Tensor:
         """e ** x."""
-        out = B.module_of(self.data).exp(self.data)
+        out = backend.module_of(self.data).exp(self.data)
         return Tensor._node(out, "exp", (self,), lambda g: (g * out,))
 
     def log(self) -> Tensor:
         """Natural logarithm."""
         a = self
-        return Tensor._node(B.module_of(a.data).log(a.data), "log", (a,), lambda g: (g / a.data,))
+        return Tensor._node(backend.module_of(a.data).log(a.data), "log", (a,), lambda g: (g / a.data,))
 
     def sqrt(self) -> Tensor:
         """Square root."""
-        out = B.module_of(self.data).sqrt(self.data)
+        out = backend.module_of(self.data).sqrt(self.data)
         return Tensor._node(out, "sqrt", (self,), lambda g: (g * 0.5 / out,))
 
     def tanh(self) -> Tensor:
         """Hyperbolic tangent."""
-        out = B.module_of(self.data).tanh(self.data)
+        out = backend.module_of(self.data).tanh(self.data)
         return Tensor._node(out, "tanh", (self,), lambda g: (g * (1 - out * out),))
+
+    def erf(self) -> Tensor:
+        """The error function (exact GELU needs it); d/dx erf(x) = 2/sqrt(pi) e^(-x^2)."""
+        a = self
+        xp = backend.module_of(a.data)
+        out = backend.erf(a.data)
+        return Tensor._node(
+            out, "erf", (a,), lambda g: (g * ((2 / math.sqrt(math.pi)) * xp.exp(-a.data * a.data)),)
+        )
 
     def sigmoid(self) -> Tensor:
         """1 / (1 + e^-x), computed as (1 + tanh(x/2)) / 2 so it never overflows."""
-        out = B.module_of(self.data).tanh(self.data * 0.5)
+        out = backend.module_of(self.data).tanh(self.data * 0.5)
         out += 1
         out *= 0.5
         return Tensor._node(out, "sigmoid", (self,), lambda g: (g * out * (1 - out),))
@@ -441,13 +450,13 @@ class Tensor:
     def relu(self) -> Tensor:
         """max(x, 0)."""
         a = self
-        out = B.module_of(a.data).maximum(a.data, 0)
+        out = backend.module_of(a.data).maximum(a.data, 0)
         return Tensor._node(out, "relu", (a,), lambda g: (g * (a.data > 0),))
 
     def abs(self) -> Tensor:
         """|x| (gradient sign(x), 0 at 0)."""
         a = self
-        xp = B.module_of(a.data)
+        xp = backend.module_of(a.data)
         return Tensor._node(xp.abs(a.data), "abs", (a,), lambda g: (g * xp.sign(a.data),))
 
     def astype(self, dtype) -> Tensor:
@@ -502,9 +511,9 @@ class Tensor:
             raise IndexError(f"index: {e} (tensor shape {a.shape})") from None
 
         def backward(g):  # scatter the gradient back; repeated integer indices add up
-            ga = B.module_of(g).zeros_like(a.data)
+            ga = backend.module_of(g).zeros_like(a.data)
             if advanced:
-                B.scatter_add(ga, index, g)
+                backend.scatter_add(ga, index, g)
             else:
                 ga[index] = g
             return (ga,)
@@ -559,7 +568,7 @@ def _power(a, p):
     if p == 3:
         return a * a * a
     if p == 0.5:
-        return B.module_of(a).sqrt(a)
+        return backend.module_of(a).sqrt(a)
     if p == -1:
         return 1 / a
     return a**p
@@ -649,7 +658,7 @@ def _norm_index(index):
 
 def to_numpy(x) -> np.ndarray:
     """A NumPy array from a Tensor or a NumPy/CuPy array."""
-    return B.to_numpy(x.data if isinstance(x, Tensor) else x)
+    return backend.to_numpy(x.data if isinstance(x, Tensor) else x)
 
 
 def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
@@ -666,13 +675,13 @@ def _factory(fill):
     return make
 
 
-zeros = _factory(lambda shape, dtype: B.xp().zeros(shape, dtype=dtype))
+zeros = _factory(lambda shape, dtype: backend.xp().zeros(shape, dtype=dtype))
 zeros.__doc__ = "A tensor of zeros (float32 unless dtype says otherwise)."
-ones = _factory(lambda shape, dtype: B.xp().ones(shape, dtype=dtype))
+ones = _factory(lambda shape, dtype: backend.xp().ones(shape, dtype=dtype))
 ones.__doc__ = "A tensor of ones (float32 unless dtype says otherwise)."
-randn = _factory(lambda shape, dtype: B.rng().standard_normal(shape, dtype=np.float64).astype(dtype))
+randn = _factory(lambda shape, dtype: backend.rng().standard_normal(shape, dtype=np.float64).astype(dtype))
 randn.__doc__ = "Standard normal samples from tinylora's seeded generator (see manual_seed)."
-rand = _factory(lambda shape, dtype: B.rng().random(shape, dtype=np.float64).astype(dtype))
+rand = _factory(lambda shape, dtype: backend.rng().random(shape, dtype=np.float64).astype(dtype))
 rand.__doc__ = "Uniform [0, 1) samples from tinylora's seeded generator (see manual_seed)."
 
 
@@ -680,14 +689,14 @@ def _tensors(items, op: str) -> list:
     items = [x if isinstance(x, Tensor) else Tensor(x) for x in items]
     if not items:
         raise ValueError(f"{op}: needs at least one tensor")
-    B.check_same_backend(op, *[x.data for x in items])
+    backend.check_same_backend(op, *[x.data for x in items])
     return items
 
 
 def cat(tensors, axis: int = 0) -> Tensor:
     """Join tensors along an existing axis."""
     ts = _tensors(tensors, "cat")
-    xp = B.module_of(ts[0].data)
+    xp = backend.module_of(ts[0].data)
     try:
         out = xp.concatenate([t.data for t in ts], axis=axis)
     except ValueError:
@@ -713,7 +722,7 @@ def where(condition, a, b) -> Tensor:
     cond = condition.data if isinstance(condition, Tensor) else condition
     a = a if isinstance(a, Tensor) else Tensor._wrap(a)
     b = a._lift(b, "where")
-    xp = B.module_of(a.data) if hasattr(a.data, "shape") else B.module_of(b.data)
+    xp = backend.module_of(a.data) if hasattr(a.data, "shape") else backend.module_of(b.data)
     out = xp.where(cond, a.data, b.data)
 
     def backward(g):
@@ -728,4 +737,4 @@ def where(condition, a, b) -> Tensor:
 
 def manual_seed(seed: int) -> None:
     """Seed tinylora's random generators (initialisation, dropout, sampling)."""
-    B.manual_seed(seed)
+    backend.manual_seed(seed)

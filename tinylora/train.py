@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import backend as B
+from . import backend
 from . import functional as F
 from .optim import clip_grad_norm_
 from .tensor import Tensor, manual_seed, no_grad
@@ -107,8 +107,8 @@ def train(
             x, y = next_batch()
             loss = loss_fn(
                 model,
-                B.asarray(x) if not isinstance(x, Tensor) else x,
-                B.asarray(y) if not isinstance(y, Tensor) else y,
+                backend.asarray(x) if not isinstance(x, Tensor) else x,
+                backend.asarray(y) if not isinstance(y, Tensor) else y,
             )
             value = loss.item()
             if not math.isfinite(value):
@@ -148,7 +148,7 @@ def evaluate_classifier(model, x, y, batch_size: int = 512) -> dict:
         raise ValueError("evaluate_classifier: no examples")
     loss_sum, correct = 0.0, 0
     for i in range(0, n, batch_size):
-        xb, yb = B.asarray(x[i : i + batch_size]), B.asarray(y[i : i + batch_size])
+        xb, yb = backend.asarray(x[i : i + batch_size]), backend.asarray(y[i : i + batch_size])
         logits = model(xb)
         loss_sum += F.cross_entropy(logits, yb).item() * len(yb)
         correct += int((logits.data.argmax(axis=-1) == yb).sum())
@@ -160,7 +160,7 @@ def evaluate_lm(
     model, ids, block_size: int, batch_size: int = 32, batches: int = 8, seed: int = 1234
 ) -> dict:
     """Mean next-token cross-entropy of a language model on random windows of `ids` (fixed seed)."""
-    ids = np.asarray(B.to_numpy(ids))
+    ids = np.asarray(backend.to_numpy(ids))
     if len(ids) <= block_size + 1:
         raise ValueError(f"evaluate_lm: need more than block_size + 1 = {block_size + 1} ids, got {len(ids)}")
     rng = np.random.default_rng(seed)
@@ -169,5 +169,5 @@ def evaluate_lm(
         starts = rng.integers(0, len(ids) - block_size - 1, batch_size)
         x = np.stack([ids[s : s + block_size] for s in starts])
         y = np.stack([ids[s + 1 : s + block_size + 1] for s in starts])
-        losses.append(F.cross_entropy(model(B.asarray(x)), B.asarray(y)).item())
+        losses.append(F.cross_entropy(model(backend.asarray(x)), backend.asarray(y)).item())
     return {"loss": float(np.mean(losses))}

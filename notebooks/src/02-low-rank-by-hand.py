@@ -219,3 +219,33 @@ for r in [1, 4, 8, 16, 64]:
     print(f"{r:>3} {str(Bf.shape):>10} {str(Af.shape):>10} {n:>7,} {n / delta.size:>7.1%} "
           f"{lowrank.energy(delta, r):>8.2%} {rel:>10.4f}")
 print("B @ A equals low_rank_approx(delta, r) at every r: True")
+
+# %% [markdown]
+# ## Try it
+#
+# Starting cells for the chapter's exercises. Each runs as it is; change the marked line and
+# run it again.
+#
+# **1. Where is the knee?** A matrix with a true rank of `true_rank` plus noise of size
+# `noise`: how much energy do ranks 1 to 8 keep? Change `true_rank` and `noise` and watch where
+# the curve stops climbing.
+
+# %%
+true_rank, noise = 3, 0.05  # <- change these
+try_rng = np.random.default_rng(1)
+M_try = try_rng.standard_normal((64, true_rank)) @ try_rng.standard_normal((true_rank, 48))
+M_try += noise * np.sqrt(true_rank) * try_rng.standard_normal(M_try.shape)
+print(f"true rank {true_rank}, noise {noise}: effective rank {lowrank.effective_rank(M_try):.2f}")
+print("energy kept at r = 1..8:", " ".join(f"{lowrank.energy(M_try, r):.3f}" for r in range(1, 9)))
+
+# %% [markdown]
+# **2. A random update is not low rank.** `lora_from_delta` on a 256 x 256 change with no
+# structure at all (pure noise): what share of it does rank 8 keep, and how does that compare
+# with the structured `delta` of section 7?
+
+# %%
+delta_noise = np.random.default_rng(2).standard_normal((256, 256))  # <- try other shapes or ranks
+for r in (8, 64):
+    Bn, An = lowrank.lora_from_delta(delta_noise, r)
+    print(f"r = {r:>2}: pure noise keeps {lowrank.energy(delta_noise, r):.1%} of its energy; "
+          f"the structured delta of section 7 keeps {lowrank.energy(delta, r):.1%}")

@@ -1,8 +1,11 @@
 """LoRA: adapters beside a frozen base (inject, train, merge, swap, save and load)."""
 
 from .config import AdapterSettings, LoRAConfig
+from .dora import dora_linear
+from .embedding import EmbeddingAdapter, LoRAEmbedding
 from .files import AdapterFileError, load_adapter, read_adapter_config, save_adapter
-from .layer import Adapter, LoRALinear
+from .layer import Adapter, LoRALayer, LoRALinear
+from .loraplus import create_loraplus_optimizer, loraplus_param_groups
 from .model import (
     ModulesToSave,
     ParameterReport,
@@ -23,6 +26,7 @@ from .model import (
     set_adapter,
     unmerge_lora,
 )
+from .vera import VeRAConfig, VeRALinear, apply_vera, load_vera, save_vera
 from .weighted import add_weighted_adapter
 
 __all__ = [
@@ -53,4 +57,15 @@ __all__ = [
     "active_adapter",
     "find_targets",
     "add_weighted_adapter",
+    "LoRALayer",
+    "LoRAEmbedding",
+    "EmbeddingAdapter",
+    "dora_linear",
+    "create_loraplus_optimizer",
+    "loraplus_param_groups",
+    "VeRAConfig",
+    "VeRALinear",
+    "apply_vera",
+    "save_vera",
+    "load_vera",
 ]

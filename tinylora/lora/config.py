@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 INITS = ("kaiming", "gaussian", "pissa")
 BIAS_MODES = ("none", "all", "lora_only")
@@ -49,6 +49,7 @@ class LoRAConfig:
     modules_to_save: tuple = field(default_factory=tuple)
     rank_pattern: dict = field(default_factory=dict)
     alpha_pattern: dict = field(default_factory=dict)
+    dora: bool = False  # DoRA (Liu et al. 2024): a trained magnitude per output row; PEFT's use_dora
 
     def __post_init__(self):
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
@@ -61,12 +62,14 @@ class LoRAConfig:
             raise ValueError(f"LoRAConfig: init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.bias not in BIAS_MODES:
             raise ValueError(f"LoRAConfig: bias must be one of {', '.join(BIAS_MODES)}, got {self.bias!r}")
-        self.target_modules = _patterns("target_modules", self.target_modules)
+        self.target_modules = check_patterns("target_modules", self.target_modules)
         if not self.target_modules:
             raise ValueError("LoRAConfig: target_modules is empty; name at least one module")
-        self.exclude_modules = _patterns("exclude_modules", self.exclude_modules)
-        self.modules_to_save = tuple(_patterns("modules_to_save", self.modules_to_save) or ())
+        self.exclude_modules = check_patterns("exclude_modules", self.exclude_modules)
+        self.modules_to_save = tuple(check_patterns("modules_to_save", self.modules_to_save) or ())
         self.rslora = bool(self.rslora)
+        if not isinstance(self.dora, bool):
+            raise ValueError(f"LoRAConfig: dora must be True or False, got {self.dora!r}")
         self.rank_pattern = _pattern_dict("rank_pattern", self.rank_pattern, integer=True)
         self.alpha_pattern = _pattern_dict("alpha_pattern", self.alpha_pattern, integer=False)
 
@@ -83,8 +86,7 @@ class LoRAConfig:
         """The settings of the adapter this config puts on module `name` (rank/alpha patterns applied)."""
         r = _pattern_value(self.rank_pattern, name, self.r)
         alpha = _pattern_value(self.alpha_pattern, name, self.alpha)
-        dora = bool(getattr(self, "dora", False))  # a field once DoRA exists here
-        return AdapterSettings(r, alpha, self.dropout, self.init, self.rslora, dora, self.bias)
+        return AdapterSettings(r, alpha, self.dropout, self.init, self.rslora, self.dora, self.bias)
 
     def to_dict(self) -> dict:
         """The config as PEFT's adapter_config.json writes it (PEFT's keys and values only)."""
@@ -98,7 +100,7 @@ class LoRAConfig:
             "exclude_modules": names(self.exclude_modules) or None,
             "bias": self.bias,
             "use_rslora": self.rslora,
-            "use_dora": bool(getattr(self, "dora", False)),
+            "use_dora": self.dora,
             "init_lora_weights": PEFT_INIT[self.init],
             "modules_to_save": list(self.modules_to_save) or None,
             "rank_pattern": dict(self.rank_pattern),
@@ -129,11 +131,8 @@ class LoRAConfig:
             bias=_or(d.get("bias"), "none"),
             rank_pattern=_or(d.get("rank_pattern"), {}),
             alpha_pattern=_or(d.get("alpha_pattern"), {}),
+            dora=bool(_or(d.get("use_dora"), False)),
         )
-        if _or(d.get("use_dora"), False):
-            if "dora" not in {f.name for f in fields(cls)}:
-                raise ValueError("LoRAConfig.from_dict: use_dora=true, but this tinylora has no DoRA")
-            kw["dora"] = True
         return cls(**kw)
 
 
@@ -186,7 +185,7 @@ def _init_from_peft(d: dict) -> str:
     )
 
 
-def _patterns(field_name: str, value):
+def check_patterns(field_name: str, value):
     """A regex string stays a string; a name or list of names becomes a tuple of names."""
     if isinstance(value, str):
         if field_name == "modules_to_save":

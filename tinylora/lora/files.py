@@ -22,9 +22,9 @@ import numpy as np
 from .. import __version__, backend
 from ..io import WeightFileError, atomic_path, load_weights, read_metadata, save_weights
 from ..lowrank import lora_from_delta
-from ..nn import Linear, Module
+from ..nn import Embedding, Linear, Module
 from .config import LoRAConfig, match_names
-from .layer import LoRALinear, digest
+from .layer import LoRALayer, digest
 from .model import (
     ModulesToSave,
     active_adapter,
@@ -100,7 +100,7 @@ def split_key(key: str) -> tuple:
 
 def _holders(model: Module) -> dict:
     """{path: LoRA layer or ModulesToSave} for every module that holds adapters."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, ModulesToSave))}
+    return {n: m for n, m in model.named_modules() if isinstance(m, (LoRALayer, ModulesToSave))}
 
 
 def _base_params(model: Module) -> dict:
@@ -121,7 +121,7 @@ def _base_params(model: Module) -> dict:
             base = _join(path, "base.")
             if name.startswith(base) and "." not in name[len(base) :]:
                 plain = _join(path, name[len(base) :])
-                if isinstance(holder, LoRALinear) and plain.endswith("weight"):
+                if isinstance(holder, LoRALayer) and plain.endswith("weight"):
                     known = holder.base_digest
         out[plain] = (p, known)
     return out
@@ -156,6 +156,10 @@ def _tensors_digest(tensors: dict) -> str:
 
 def save_adapter(model: Module, directory, adapter_name: str | None = None) -> dict:
     """Write one adapter (default: the active one) as PEFT writes it; returns sizes of what was written."""
+    from .vera import save_vera, vera_layers  # hook: VeRA has its own layout (lora/vera.py)
+
+    if vera_layers(model):
+        return save_vera(model, directory)
     name = adapter_name or active_adapter(model)
     if name is None:
         raise ValueError("save_adapter: the model has no active adapter; name one with adapter_name=")
@@ -442,6 +446,10 @@ def load_adapter(model: Module, directory, name: str | None = None) -> Module:
     """
     directory = Path(directory)
     meta = read_adapter_config(directory)
+    if meta.get("peft_type") == "VERA":  # hook: VeRA has its own layout (lora/vera.py)
+        from .vera import load_vera
+
+        return load_vera(model, directory)
     check_unmerged(model, "load_adapter")
     try:
         config = LoRAConfig.from_dict(meta)
@@ -507,8 +515,10 @@ def _targets_agree(model: Module, config: LoRAConfig, names: NameMap, plan: _Pla
     """The config's targets must be exactly the modules the file holds LoRA tensors for."""
     targeted = []
     for path, mod in modules.items():
-        holder = mod.base if isinstance(mod, (LoRALinear, ModulesToSave)) else mod
-        if config.matches(names.hf(path)) and (isinstance(holder, Linear) or path in plan.adapter):
+        holder = mod.base if isinstance(mod, (LoRALayer, ModulesToSave)) else mod
+        if config.matches(names.hf(path)) and (
+            isinstance(holder, (Linear, Embedding)) or path in plan.adapter
+        ):
             targeted.append(path)
     for path in targeted:
         if path not in plan.adapter:
@@ -532,12 +542,10 @@ def _check_shapes(model: Module, plan: _Plan, modules: dict) -> None:
     for path, arrays in plan.adapter.items():
         settings = plan.settings.get(path)
         mod = modules[path]
-        base = mod.base if isinstance(mod, LoRALinear) else mod
-        if settings is None or not hasattr(base, "in_features"):
+        base = mod.base if isinstance(mod, LoRALayer) else mod
+        if settings is None or not hasattr(base, "weight"):
             continue
-        need = {"lora_A": (settings.r, base.in_features), "lora_B": (base.out_features, settings.r)}
-        if settings.dora:
-            need["lora_magnitude_vector"] = (base.out_features,)
+        need = file_shapes(base, settings)
         for param, shape in need.items():
             have = arrays.get(param)
             if have is None:
@@ -562,6 +570,15 @@ def _check_shapes(model: Module, plan: _Plan, modules: dict) -> None:
             plan.problems.append(f"{plain}: the model has no such parameter")
         elif tuple(arr.shape) != params[plain][0].shape:
             plan.problems.append(f"{plain}: file has {tuple(arr.shape)}, model has {params[plain][0].shape}")
+
+
+def file_shapes(base: Module, settings) -> dict:
+    """{parameter: shape} of an adapter with `settings` on module `base`, as PEFT names them."""
+    out, n_in = base.weight.shape
+    if isinstance(base, Embedding):  # the table is (num, dim)
+        return {"lora_embedding_A": (settings.r, out), "lora_embedding_B": (n_in, settings.r)}
+    shapes = {"lora_A": (settings.r, n_in), "lora_B": (out, settings.r)}
+    return shapes | ({"lora_magnitude_vector": (out,)} if settings.dora else {})
 
 
 def _install(model: Module, name: str, config: LoRAConfig, plan: _Plan) -> None:

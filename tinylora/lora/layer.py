@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .. import backend as B
+from .. import backend
 from .. import functional as F
 from ..nn import Linear, Module, ModuleDict, Parameter
 from ..nn.layers import normal, uniform
@@ -29,14 +29,14 @@ def digest(*arrays) -> str:
     for a in arrays:
         if a is None:
             continue
-        host = np.ascontiguousarray(B.to_numpy(a))
+        host = np.ascontiguousarray(backend.to_numpy(a))
         h.update(f"{host.shape}{host.dtype.str}".encode())
         h.update(host.tobytes())
     return h.hexdigest()
 
 
 class Adapter(Module):
-    """One adapter: lora_A (r, in), lora_B (out, r), its scaling and dropout."""
+    """One adapter: lora_A (r, in), lora_B (out, r), its scaling and dropout (+ DoRA's magnitude)."""
 
     def __init__(self, in_features: int, out_features: int, config: LoRAConfig, dtype=np.float32):
         super().__init__()
@@ -45,16 +45,127 @@ class Adapter(Module):
         self.lora_A = Parameter(np.zeros((config.r, in_features), dtype))
         self.lora_B = Parameter(np.zeros((out_features, config.r), dtype))
         self.pissa_offset = None  # the (scaled) B0 @ A0 taken out of W by a PiSSA init
+        self.dora = bool(getattr(config, "dora", False))
+        self.dora_exact = False  # DoRA's gradient: False = PEFT's (norm detached), True = exact
+        self._dora_factor = None  # m / ||W + s B A||_row of a merged DoRA adapter, for unmerge
+        if self.dora:  # set to ||W + s B A||_row by the layer once A and B are initialised
+            self.lora_magnitude_vector = Parameter(np.ones((out_features,), dtype))
 
     def delta(self):
-        """scaling * B @ A: the (out, in) change this adapter makes to the weight."""
+        """scaling * B @ A: the (out, in) low-rank sum this adapter adds to the weight."""
         return F.lora_delta(self.lora_A.data, self.lora_B.data, self.scaling)
 
+    def file_tensors(self) -> dict:
+        """{key suffix: Parameter} as PEFT names them in adapter files."""
+        out = {"lora_A.weight": self.lora_A, "lora_B.weight": self.lora_B}
+        if self.dora:
+            out["lora_magnitude_vector"] = self.lora_magnitude_vector
+        return out
+
+    def merged_weight(self, w):
+        """The base weight w (out, in) with this adapter folded in (DoRA: m * (W + sBA) / norm)."""
+        if not self.dora:
+            return w + self.delta().astype(w.dtype)
+        from .dora import dora_factor
+
+        v = w + self.delta().astype(w.dtype)
+        self._dora_factor = dora_factor(self.lora_magnitude_vector.data, v)  # (out,)
+        return self._dora_factor[:, None] * v
+
+    def unmerged_weight(self, w):
+        """Undo merged_weight: the base weight as it was before the merge."""
+        if not self.dora:
+            return w - self.delta().astype(w.dtype)
+        v = w / self._dora_factor[:, None]
+        self._dora_factor = None
+        return v - self.delta().astype(w.dtype)
+
     def extra_repr(self) -> str:
-        return f"r={self.r}, scaling={self.scaling:g}, dropout={self.dropout}"
+        dora = ", dora" + (" (exact grad)" if self.dora_exact else "") if self.dora else ""
+        return f"r={self.r}, scaling={self.scaling:g}, dropout={self.dropout}{dora}"
 
 
-class LoRALinear(Module):
+class LoRALayer(Module):
+    """What every adapted layer shares: a frozen `.base`, named `.adapters`, merge and unmerge.
+
+    Subclasses (LoRALinear, LoRAEmbedding, VeRALinear) add their adapters and forward.
+    """
+
+    def _init_layer(self, base) -> None:
+        self.base = base
+        self.base_digest = digest(base.weight.data)  # the base weight as it was: fingerprints use it
+        self.adapters = ModuleDict()
+        self.active = None  # name of the adapter in use, or None
+        self.merged = None  # name of the adapter folded into base.weight, or None
+        self.disabled = False
+
+    def _adapter(self):
+        if self.active is None:
+            raise AttributeError(f"this {type(self).__name__} has no active adapter (see lora.set_adapter)")
+        return self.adapters[self.active]
+
+    def delta(self):
+        """The (out, in) change the active adapter makes to the base weight (s B A for LoRA)."""
+        ad = self._adapter()
+        if not getattr(ad, "dora", False):
+            return ad.delta()
+        w = self.base.weight.data
+        if self.merged is not None:  # the weight as it was before the merge, without touching the cache
+            w = w / ad._dora_factor[:, None] - ad.delta().astype(w.dtype)
+        from .dora import dora_factor
+
+        v = w + ad.delta().astype(w.dtype)
+        return dora_factor(ad.lora_magnitude_vector.data, v)[:, None] * v - w
+
+    def _check_trainable_while_merged(self, ad) -> None:
+        if self.training and is_grad_enabled() and any(p.requires_grad for p in ad.parameters()):
+            raise RuntimeError(
+                f"adapter {self.merged!r} is merged into the base weight, so training it now would "
+                "count its update twice: call lora.unmerge_lora(model) before training "
+                "(or use model.eval() / tl.no_grad() for inference)"
+            )
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter `name` (a PiSSA adapter gives its part of W back)."""
+        if self.merged == name:
+            raise RuntimeError(f"adapter {name!r} is merged into the base weight; unmerge it before deleting")
+        ad = self.adapters[name]
+        if getattr(ad, "pissa_offset", None) is not None:
+            self.base.weight.data = self.base.weight.data + ad.pissa_offset
+        del self.adapters[name]
+        if self.active == name:
+            self.active = None
+
+    def set_adapter(self, name: str | None) -> None:
+        """Make `name` the active adapter (None: run as the plain base)."""
+        if name is not None and name not in self.adapters:
+            raise KeyError(f"no adapter {name!r} here (have: {', '.join(self.adapters) or 'none'})")
+        if self.merged is not None and name != self.merged:
+            raise RuntimeError(f"adapter {self.merged!r} is merged; unmerge before switching to {name!r}")
+        self.active = name
+
+    def merge(self) -> None:
+        """Fold the active adapter into base.weight (a second call does nothing)."""
+        if self.merged is not None or self.active is None:
+            return
+        w = self.base.weight
+        w.data = self._adapter().merged_weight(w.data)
+        self.merged = self.active
+
+    def unmerge(self) -> None:
+        """Take the merged adapter back out of base.weight (does nothing if none is merged)."""
+        if self.merged is None:
+            return
+        w = self.base.weight
+        w.data = self.adapters[self.merged].unmerged_weight(w.data)
+        self.merged = None
+
+    def extra_repr(self) -> str:
+        state = f"active={self.active!r}" + (f", merged={self.merged!r}" if self.merged else "")
+        return state + (", disabled" if self.disabled else "")
+
+
+class LoRALinear(LoRALayer):
     """A frozen nn.Linear (`.base`) with named adapters; one is active at a time."""
 
     def __init__(
@@ -71,12 +182,7 @@ class LoRALinear(Module):
         super().__init__()
         if not isinstance(base, Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
-        self.base = base
-        self.base_digest = digest(base.weight.data)  # the base weight as it was: fingerprints use it
-        self.adapters = ModuleDict()
-        self.active = None  # name of the adapter in use, or None
-        self.merged = None  # name of the adapter folded into base.weight, or None
-        self.disabled = False
+        self._init_layer(base)
         if config is None:  # LoRAConfig checks the values; the layer keeps only the per-adapter part
             config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, init=init, rslora=rslora)
         self.add_adapter(adapter_name, adapter_settings(config))
@@ -88,19 +194,10 @@ class LoRALinear(Module):
     in_features = property(lambda self: self.base.in_features)
     out_features = property(lambda self: self.base.out_features)
 
-    def _adapter(self) -> Adapter:
-        if self.active is None:
-            raise AttributeError("this LoRALinear has no active adapter (see lora.set_adapter)")
-        return self.adapters[self.active]
-
     lora_A = property(lambda self: self._adapter().lora_A, doc="A (r, in) of the active adapter.")
     lora_B = property(lambda self: self._adapter().lora_B, doc="B (out, r) of the active adapter.")
     scaling = property(lambda self: self._adapter().scaling, doc="alpha / r of the active adapter.")
     r = property(lambda self: self._adapter().r, doc="Rank of the active adapter.")
-
-    def delta(self):
-        """scaling * B @ A of the active adapter: the (out, in) change it makes to the weight."""
-        return self._adapter().delta()
 
     # ---- adapters ---------------------------------------------------------------------------
 
@@ -117,9 +214,9 @@ class LoRALinear(Module):
         n_in, r = self.in_features, config.r
         if config.init == "kaiming":  # PyTorch/PEFT: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(in))
             a = uniform((r, n_in), 1.0 / math.sqrt(n_in), w.dtype)
-            ad.lora_A.data = B.asarray(a, backend=w.backend)
+            ad.lora_A.data = backend.asarray(a, backend=w.backend)
         elif config.init == "gaussian":  # PEFT's "gaussian": A ~ N(0, (1/r)^2)
-            ad.lora_A.data = B.asarray(normal((r, n_in), 1.0 / r, w.dtype), backend=w.backend)
+            ad.lora_A.data = backend.asarray(normal((r, n_in), 1.0 / r, w.dtype), backend=w.backend)
         else:  # "pissa": A, B from the top-r singular triplets of W; W keeps only the rest
             from ..lowrank import lora_from_delta
 
@@ -131,45 +228,12 @@ class LoRALinear(Module):
             ad.lora_B.data = (b0 / root).astype(w.dtype)
             ad.pissa_offset = ad.delta()
             w.data = w.data - ad.pissa_offset  # residual: output unchanged at step 0
+        if ad.dora:  # PEFT: m starts at ||W + s B A||_row, so the output is unchanged at step 0
+            from .dora import row_norm
+
+            ad.lora_magnitude_vector.data = row_norm(w.data + ad.delta().astype(w.dtype)).astype(w.dtype)
         self.adapters[name] = ad
         return ad
-
-    def delete_adapter(self, name: str) -> None:
-        """Remove adapter `name` (a PiSSA adapter gives its part of W back)."""
-        if self.merged == name:
-            raise RuntimeError(f"adapter {name!r} is merged into the base weight; unmerge it before deleting")
-        ad = self.adapters[name]
-        if ad.pissa_offset is not None:
-            self.base.weight.data = self.base.weight.data + ad.pissa_offset
-        del self.adapters[name]
-        if self.active == name:
-            self.active = None
-
-    def set_adapter(self, name: str | None) -> None:
-        """Make `name` the active adapter (None: run as the plain base)."""
-        if name is not None and name not in self.adapters:
-            raise KeyError(f"no adapter {name!r} here (have: {', '.join(self.adapters) or 'none'})")
-        if self.merged is not None and name != self.merged:
-            raise RuntimeError(f"adapter {self.merged!r} is merged; unmerge before switching to {name!r}")
-        self.active = name
-
-    # ---- merging ---------------------------------------------------------------------------
-
-    def merge(self) -> None:
-        """Fold scaling * B @ A of the active adapter into base.weight (a second call does nothing)."""
-        if self.merged is not None or self.active is None:
-            return
-        w = self.base.weight
-        w.data = w.data + self._adapter().delta().astype(w.dtype)
-        self.merged = self.active
-
-    def unmerge(self) -> None:
-        """Take the merged adapter back out of base.weight (does nothing if none is merged)."""
-        if self.merged is None:
-            return
-        w = self.base.weight
-        w.data = w.data - self.adapters[self.merged].delta().astype(w.dtype)
-        self.merged = None
 
     # ---- forward ---------------------------------------------------------------------------
 
@@ -178,21 +242,26 @@ class LoRALinear(Module):
             return self.base(x)  # (..., out), the frozen path alone
         ad = self.adapters[self.active]
         if self.merged is not None:
-            if self.training and is_grad_enabled() and ad.lora_A.requires_grad:
-                raise RuntimeError(
-                    f"adapter {self.merged!r} is merged into the base weight, so training it now would "
-                    "count its update twice: call lora.unmerge_lora(model) before training "
-                    "(or use model.eval() / tl.no_grad() for inference)"
-                )
+            self._check_trainable_while_merged(ad)
             return self.base(x)
         xd = (
             F.dropout(x, ad.dropout, self.training) if ad.dropout and self.training else None
         )  # adapter input only
         b = self.base
+        if ad.dora:
+            from .dora import dora_linear
+
+            return dora_linear(
+                x,
+                b.weight,
+                b.bias,
+                ad.lora_A,
+                ad.lora_B,
+                ad.lora_magnitude_vector,
+                ad.scaling,
+                x_adapter=xd,
+                exact=ad.dora_exact,
+            )  # (..., out)
         return F.lora_linear(
             x, b.weight, b.bias, ad.lora_A, ad.lora_B, ad.scaling, x_adapter=xd
         )  # (..., out)
-
-    def extra_repr(self) -> str:
-        state = f"active={self.active!r}" + (f", merged={self.merged!r}" if self.merged else "")
-        return state + (", disabled" if self.disabled else "")

@@ -5,14 +5,22 @@ from __future__ import annotations
 import contextlib
 import copy
 
-from ..nn import Linear, Module, ModuleDict
+from ..nn import Embedding, Linear, Module, ModuleDict
 from .config import LoRAConfig, match_names
-from .layer import LoRALinear
+from .embedding import LoRAEmbedding
+from .layer import LoRALayer, LoRALinear
 
 
 def lora_layers(model: Module) -> list:
-    """(dotted name, LoRALinear) for every adapted layer in the model."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    """(dotted name, layer) for every adapted layer in the model (LoRALinear, LoRAEmbedding, VeRA)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALayer)]
+
+
+def _wrap(mod: Module, adapter_name: str, settings) -> LoRALayer:
+    """The adapted layer for a plain target: LoRAEmbedding for an nn.Embedding, else LoRALinear."""
+    if isinstance(mod, Embedding):
+        return LoRAEmbedding(mod, adapter_name=adapter_name, config=settings)
+    return LoRALinear(mod, adapter_name=adapter_name, config=settings)
 
 
 class ModulesToSave(Module):
@@ -69,7 +77,7 @@ def saved_modules(model: Module) -> list:
 
 def _wrapped(model: Module) -> list:
     """Every LoRA layer and ModulesToSave wrapper: the modules that hold adapters."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoRALinear, ModulesToSave))]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoRALayer, ModulesToSave))]
 
 
 def _inside(name: str, outer: list) -> bool:
@@ -100,13 +108,13 @@ def find_targets(model: Module, config: LoRAConfig) -> list:
     for name, mod in model.named_modules():
         if not name or _inside(name, outer) or not config.matches(name):
             continue
-        if isinstance(mod, (Linear, LoRALinear)):
+        if isinstance(mod, (Linear, Embedding, LoRALayer)):
             matches.append(name)
         else:
             refused.append(f"{name} ({type(mod).__name__})")
     if refused:
         raise ValueError(
-            f"LoRA adapts nn.Linear layers only; target_modules={config.target_modules!r} also matches "
+            f"LoRA adapts nn.Linear and nn.Embedding layers only; target_modules={config.target_modules!r} also matches "
             f"{', '.join(refused)}. Narrow target_modules or add exclude_modules."
         )
     if not matches:
@@ -154,12 +162,12 @@ def attach_adapter(model: Module, name: str, plan: dict, modules_to_save=(), ext
     try:
         for path, settings in plan.items():
             mod = model.get_submodule(path)
-            base = mod.base if isinstance(mod, (LoRALinear, ModulesToSave)) else mod
+            base = mod.base if isinstance(mod, (LoRALayer, ModulesToSave)) else mod
             done.append((path, mod, base.weight.data if settings.init == "pissa" else None))
-            if isinstance(mod, (LoRALinear, ModulesToSave)):
-                mod.add_adapter(name, settings) if isinstance(mod, LoRALinear) else mod.add_adapter(name)
+            if isinstance(mod, (LoRALayer, ModulesToSave)):
+                mod.add_adapter(name, settings) if isinstance(mod, LoRALayer) else mod.add_adapter(name)
             else:
-                layer = LoRALinear(mod, adapter_name=name, config=settings)
+                layer = _wrap(mod, name, settings)
                 layer.set_adapter(None)  # a plain layer stays plain until `name` is activated
                 model.set_submodule(path, layer)
         for path in modules_to_save:
@@ -180,7 +188,7 @@ def attach_adapter(model: Module, name: str, plan: dict, modules_to_save=(), ext
             if now is not before:
                 model.set_submodule(path, before)
             if weight is not None:
-                target = before.base if isinstance(before, LoRALinear) else before
+                target = before.base if isinstance(before, LoRALayer) else before
                 target.weight.data = weight
         for p in model.parameters():
             p.requires_grad = flags.get(id(p), p.requires_grad)
@@ -198,7 +206,7 @@ def apply_lora(model: Module, config: LoRAConfig, adapter_name: str = "default")
     already adapted is refused: use add_adapter for a second adapter.
     """
     plan = plan_adapter(model, config)
-    adapted = [n for n in plan if isinstance(model.get_submodule(n), LoRALinear)]
+    adapted = [n for n in plan if isinstance(model.get_submodule(n), LoRALayer)]
     if adapted:
         raise ValueError(
             f"{', '.join(adapted)} already has LoRA adapters; use lora.add_adapter(model, name, config) "
@@ -319,7 +327,7 @@ def unmerge_lora(model: Module) -> Module:
 def merge_and_unload(model: Module) -> Module:
     """Merge the active adapters and put plain modules back (no LoRA left; saved modules keep the active copy)."""
     for path, layer in _wrapped(model):
-        if isinstance(layer, LoRALinear):
+        if isinstance(layer, LoRALayer):
             layer.merge()
             model.set_submodule(path, layer.base)
         else:
@@ -339,7 +347,7 @@ def mark_only_lora_trainable(model: Module, bias: str = "none", modules_to_save=
     model.requires_grad_(False)
     _freeze_inactive(model)
     for _, layer in lora_layers(model):
-        if bias == "lora_only" and layer.base.bias is not None:
+        if bias == "lora_only" and getattr(layer.base, "bias", None) is not None:
             layer.base.bias.requires_grad_(True)
     if bias == "all":
         originals = [n + ".base." for n, _ in saved_modules(model)]
@@ -404,16 +412,16 @@ class ParameterReport:
 
 
 def parameter_report(model: Module) -> ParameterReport:
-    """A row per module that holds parameters (a LoRALinear is one row: base frozen, adapter trainable)."""
+    """A row per module that holds parameters (an adapted layer is one row: base frozen, adapters trainable)."""
     rows, seen = [], set()
     lora_names = [n for n, _ in lora_layers(model)]
     for name, mod in model.named_modules():
         if _inside(name, lora_names):
             continue
-        if isinstance(mod, LoRALinear):
+        if isinstance(mod, LoRALayer):
             params = list(mod.named_parameters())
             shape = mod.base.weight.shape
-            adapter_bytes = sum(p.data.nbytes for n, p in params if ".lora_" in n)
+            adapter_bytes = sum(p.data.nbytes for n, p in params if n.startswith("adapters."))
         else:
             params = [(n, mod.__dict__[n]) for n in mod._param_names if mod.__dict__[n] is not None]
             shape = params[0][1].shape if params else ()

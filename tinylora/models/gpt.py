@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .. import backend as B
+from .. import backend
 from .. import functional as F
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList
 from ..nn.layers import normal
@@ -115,23 +115,23 @@ class GPT(Module):
         """nanoGPT's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)."""
         for name, p in self.named_parameters():
             if name.endswith("bias"):
-                p.data = B.asarray(np.zeros(p.shape, p.dtype), backend=p.backend)
+                p.data = backend.asarray(np.zeros(p.shape, p.dtype), backend=p.backend)
             elif p.ndim == 2:
                 std = (
                     0.02 / math.sqrt(2 * self.config.n_layer)
                     if name.endswith(("o_proj.weight", "down_proj.weight"))
                     else 0.02
                 )
-                p.data = B.asarray(normal(p.shape, std, p.dtype), backend=p.backend)
+                p.data = backend.asarray(normal(p.shape, std, p.dtype), backend=p.backend)
 
     def forward(self, idx, targets=None):
-        ids = idx.data if isinstance(idx, Tensor) else B.asarray(idx)
+        ids = idx.data if isinstance(idx, Tensor) else backend.asarray(idx)
         if ids.ndim != 2:
             raise ValueError(f"GPT: idx must be (batch, time) integer ids, got shape {tuple(ids.shape)}")
         b, t = ids.shape
         if t > self.config.block_size:
             raise ValueError(f"GPT: sequence length {t} is longer than block_size {self.config.block_size}")
-        pos = B.module_of(ids).arange(t)
+        pos = backend.module_of(ids).arange(t)
         x = self.drop(self.tok_emb(ids) + self.pos_emb(pos))  # (B, T, C) + (T, C)
         for block in self.blocks:
             x = block(x)  # (B, T, C)
@@ -153,7 +153,7 @@ class GPT(Module):
         seed: int | None = None,
     ) -> np.ndarray:
         """Append max_new_tokens sampled ids to idx (B, T); temperature 0 picks the most likely."""
-        ids = np.array(B.to_numpy(idx.data if isinstance(idx, Tensor) else idx), dtype=np.int64)
+        ids = np.array(backend.to_numpy(idx.data if isinstance(idx, Tensor) else idx), dtype=np.int64)
         if ids.ndim == 1:
             ids = ids[None, :]
         if temperature < 0:
@@ -168,7 +168,7 @@ class GPT(Module):
         try:
             for _ in range(max_new_tokens):
                 context = ids[:, -self.config.block_size :]
-                logits = B.to_numpy(self(context).data[:, -1, :]).astype(np.float64)  # (B, vocab)
+                logits = backend.to_numpy(self(context).data[:, -1, :]).astype(np.float64)  # (B, vocab)
                 ids = np.concatenate([ids, sample_next(logits, temperature, top_k, rng)[:, None]], axis=1)
         finally:
             self.train(was_training)

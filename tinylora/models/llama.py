@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .. import backend as B
+from .. import backend
 from .. import functional as F
 from ..nn import Embedding, Linear, Module, ModuleList, Parameter, RMSNorm
 from ..nn.layers import no_init
@@ -113,10 +113,10 @@ def rope(x, cos, sin) -> Tensor:
     R = [[c, -s], [s, c]]; R is orthogonal, so the backward pass is the inverse rotation R^T g.
     """
     x = x if isinstance(x, Tensor) else Tensor(x)
-    xp = B.module_of(x.data)
+    xp = backend.module_of(x.data)
     d = x.shape[-1]
-    c = B.asarray(cos, backend=x.backend).astype(x.dtype, copy=False)[:, None, :]  # (T, 1, D/2)
-    s = B.asarray(sin, backend=x.backend).astype(x.dtype, copy=False)[:, None, :]  # (T, 1, D/2)
+    c = backend.asarray(cos, backend=x.backend).astype(x.dtype, copy=False)[:, None, :]  # (T, 1, D/2)
+    s = backend.asarray(sin, backend=x.backend).astype(x.dtype, copy=False)[:, None, :]  # (T, 1, D/2)
     pairs = x.data.reshape(*x.shape[:-1], d // 2, 2)  # (..., T, H, D/2, 2)
     x0, x1 = pairs[..., 0], pairs[..., 1]
     out = xp.empty_like(pairs)
@@ -227,7 +227,7 @@ class Llama(Module):
 
     def hidden_states(self, ids, cache: KVCache | None = None):
         """Final (normed) hidden states (B, T, C) of ids (B, T); with a cache, ids follow its positions."""
-        ids = ids.data if isinstance(ids, Tensor) else B.asarray(ids)
+        ids = ids.data if isinstance(ids, Tensor) else backend.asarray(ids)
         if ids.ndim != 2 or ids.dtype.kind not in "iu":
             raise ValueError(
                 f"Llama: ids must be (batch, time) integers, got shape {tuple(ids.shape)} {ids.dtype}"
@@ -239,7 +239,7 @@ class Llama(Module):
                 f"Llama: {start + t} positions are more than the context length {self.config.context_length}"
             )
         cos, sin = self._angles(start, start + t)  # (T, D/2), moved once to the weights' backend
-        cos, sin = (B.asarray(a, backend=self.embed_tokens.weight.backend) for a in (cos, sin))
+        cos, sin = (backend.asarray(a, backend=self.embed_tokens.weight.backend) for a in (cos, sin))
         x = self.embed_tokens(ids)  # (B, T, C)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache, i)  # (B, T, C)
@@ -281,7 +281,7 @@ class Llama(Module):
         Stops early once every row has produced one of stop_ids (default: the file's EOS,
         <|im_end|> for SmolLM2); a finished row is padded with the stop id it produced.
         """
-        ids = np.array(B.to_numpy(ids.data if isinstance(ids, Tensor) else ids), dtype=np.int64)
+        ids = np.array(backend.to_numpy(ids.data if isinstance(ids, Tensor) else ids), dtype=np.int64)
         if ids.ndim == 1:
             ids = ids[None, :]
         if temperature < 0:
@@ -301,7 +301,7 @@ class Llama(Module):
         try:
             for _ in range(max_new_tokens):
                 h = self.hidden_states(step, cache)[:, -1:, :]  # (B, 1, C): only the last position
-                logits = B.to_numpy(self.lm_head(h).data[:, 0, :]).astype(np.float64)  # (B, vocab)
+                logits = backend.to_numpy(self.lm_head(h).data[:, 0, :]).astype(np.float64)  # (B, vocab)
                 nxt = np.where(done, fill, sample_next(logits, temperature, top_k, rng))
                 ids = np.concatenate([ids, nxt[:, None]], axis=1)
                 hit = ~done & np.isin(nxt, stop)
@@ -451,9 +451,9 @@ class QuantizedLinear(Linear):
     def dequantized(self):
         """The weight (out, in) as float32, on the backend of the blocks."""
         gguf = pretrained.require("gguf")
-        w = gguf.quants.dequantize(B.to_numpy(self.qweight.data), gguf.GGMLQuantizationType[self.qtype])
+        w = gguf.quants.dequantize(backend.to_numpy(self.qweight.data), gguf.GGMLQuantizationType[self.qtype])
         w = np.asarray(w, dtype=np.float32).reshape(self.out_features, self.in_features)
-        return B.asarray(w, backend=self.qweight.backend)
+        return backend.asarray(w, backend=self.qweight.backend)
 
     @property
     def weight(self) -> Tensor:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .. import backend as B
+from .. import backend
 from .. import functional as F
 from ..nn import Embedding, LayerNorm, Linear, Module, ModuleList
 from ..nn.layers import no_init
@@ -182,7 +182,7 @@ class BertEmbeddings(Module):
 
     def forward(self, ids, token_type_ids):
         t = ids.shape[1]
-        pos = B.module_of(ids).arange(t)
+        pos = backend.module_of(ids).arange(t)
         x = self.word_embeddings(ids) + self.position_embeddings(pos)  # (B, T, C) + (T, C)
         return self.norm(x + self.token_type_embeddings(token_type_ids))  # (B, T, C)
 
@@ -243,9 +243,13 @@ class MiniLM(Module):
             raise ValueError(
                 f"MiniLM: sequence length {t} is longer than {self.config.max_position_embeddings} positions"
             )
-        xp = B.module_of(ids)
+        xp = backend.module_of(ids)
         types = xp.zeros_like(ids) if token_type_ids is None else _ids(token_type_ids, "MiniLM")
-        keys = None if mask is None else B.asarray(_array(mask), backend=B.backend_of(ids)).astype(bool)
+        keys = (
+            None
+            if mask is None
+            else backend.asarray(_array(mask), backend=backend.backend_of(ids)).astype(bool)
+        )
         x = self.embeddings(ids, types)  # (B, T, C)
         for layer in self.layers:
             x = layer(x, keys)  # (B, T, C)
@@ -272,7 +276,7 @@ class MiniLM(Module):
         with no_grad():
             for i in range(0, len(texts), batch_size):
                 ids, mask = self.encode(texts[i : i + batch_size])
-                out.append(B.to_numpy(mean_pool(self(ids, mask), mask).data))
+                out.append(backend.to_numpy(mean_pool(self(ids, mask), mask).data))
         emb = np.concatenate(out) if out else np.zeros((0, self.config.hidden_size), np.float32)
         if normalize:
             emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
@@ -282,8 +286,8 @@ class MiniLM(Module):
 def mean_pool(hidden, mask) -> Tensor:
     """Mean of hidden (B, T, C) over the positions where mask (B, T) is true -> (B, C); differentiable."""
     hidden = hidden if isinstance(hidden, Tensor) else Tensor(hidden)
-    m = B.asarray(_array(mask), backend=hidden.backend).astype(hidden.dtype)[:, :, None]  # (B, T, 1)
-    count = B.module_of(m).maximum(m.sum(axis=1), 1e-9)  # (B, 1) real tokens per row
+    m = backend.asarray(_array(mask), backend=hidden.backend).astype(hidden.dtype)[:, :, None]  # (B, T, 1)
+    count = backend.module_of(m).maximum(m.sum(axis=1), 1e-9)  # (B, 1) real tokens per row
     return (hidden * m).sum(axis=1) / count  # (B, C)
 
 
@@ -335,7 +339,7 @@ def _array(x):
 
 def _ids(ids, who: str):
     """ids as a 2-D integer backend array."""
-    arr = B.asarray(np.asarray(ids) if isinstance(ids, (list, tuple)) else _array(ids))
+    arr = backend.asarray(np.asarray(ids) if isinstance(ids, (list, tuple)) else _array(ids))
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.dtype.kind not in "iu":

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .. import backend as B
+from .. import backend
 from .. import functional as F
 from .module import Module, Parameter
 
@@ -34,14 +34,14 @@ def uniform(shape, bound: float, dtype=np.float32):
     """U(-bound, bound) from tinylora's seeded host generator (same weights on every backend)."""
     if not _random_init[0]:
         return np.empty(shape, dtype)
-    return B.rng("numpy").uniform(-bound, bound, size=shape).astype(dtype)
+    return backend.rng("numpy").uniform(-bound, bound, size=shape).astype(dtype)
 
 
 def normal(shape, std: float = 1.0, dtype=np.float32):
     """N(0, std^2) from tinylora's seeded host generator (same weights on every backend)."""
     if not _random_init[0]:
         return np.empty(shape, dtype)
-    return (B.rng("numpy").standard_normal(shape) * std).astype(dtype)
+    return (backend.rng("numpy").standard_normal(shape) * std).astype(dtype)
 
 
 class Linear(Module):

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import backend as B
+from .. import backend
 from ..tensor import Tensor
 
 
@@ -166,11 +166,11 @@ class Module:
 
     # ---- moving and casting -----------------------------------------------------------------
 
-    def to(self, backend: str) -> Module:
+    def to(self, name: str) -> Module:
         """Move every parameter to a backend ("numpy" or "cupy") in place."""
         for p in self.parameters():
-            p.data = B.asarray(p.data, backend=backend)
-            p.grad = None if p.grad is None else B.asarray(p.grad, backend=backend)
+            p.data = backend.asarray(p.data, backend=name)
+            p.grad = None if p.grad is None else backend.asarray(p.grad, backend=name)
         return self
 
     def astype(self, dtype) -> Module:
@@ -213,7 +213,7 @@ class Module:
                 problems.append(f"{k!r}: expected shape {p.shape}, given {shape}")
                 continue
             try:
-                converted[k] = B.asarray(given[k], backend=p.backend).astype(p.dtype, copy=not assign)
+                converted[k] = backend.asarray(given[k], backend=p.backend).astype(p.dtype, copy=not assign)
             except (TypeError, ValueError) as e:
                 problems.append(f"{k!r}: cannot convert to {p.dtype}: {e}")
         if problems:
