@@ -60,8 +60,7 @@ class LoRAConfig:
             raise ValueError(f"LoRAConfig: dropout must be in [0, 1), got {self.dropout!r}")
         if self.init not in INITS:
             raise ValueError(f"LoRAConfig: init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.bias not in BIAS_MODES:
-            raise ValueError(f"LoRAConfig: bias must be one of {', '.join(BIAS_MODES)}, got {self.bias!r}")
+        check_bias("LoRAConfig", self.bias)
         self.target_modules = check_patterns("target_modules", self.target_modules)
         if not self.target_modules:
             raise ValueError("LoRAConfig: target_modules is empty; name at least one module")
@@ -242,6 +241,18 @@ def match_names(patterns, name: str) -> bool:
     if isinstance(patterns, str):
         return re.fullmatch(patterns, name) is not None
     return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def check_bias(owner: str, bias) -> None:
+    """The one check of a bias mode (LoRAConfig, mark_only_lora_trainable)."""
+    if bias not in BIAS_MODES:
+        raise ValueError(f"{owner}: bias must be one of {', '.join(BIAS_MODES)}, got {bias!r}")
+
+
+def check_adapter_name(name) -> None:
+    """Adapter names become parts of parameter names, so they must be identifiers."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {name!r}")
 
 
 def adapter_settings(config) -> AdapterSettings:

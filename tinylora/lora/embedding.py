@@ -67,12 +67,7 @@ class LoRAEmbedding(LoRALayer):
 
     def add_adapter(self, name: str, config: LoRAConfig) -> EmbeddingAdapter:
         """Create adapter `name`: A = 0, B ~ N(0, 1) as PEFT does (PiSSA and DoRA are refused here)."""
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {name!r}")
-        if name in self.adapters:
-            raise ValueError(f"adapter {name!r} already exists in this layer")
-        if self.merged is not None:
-            raise RuntimeError(f"cannot add adapter {name!r} while {self.merged!r} is merged; unmerge first")
+        self._check_new_adapter(name)
         if getattr(config, "dora", False) or config.init == "pissa":
             what = "dora=True" if getattr(config, "dora", False) else "init='pissa'"
             raise ValueError(

@@ -23,14 +23,13 @@ from .. import __version__, backend
 from ..io import WeightFileError, atomic_path, load_weights, read_metadata, save_weights
 from ..lowrank import lora_from_delta
 from ..nn import Embedding, Linear, Module
-from .config import LoRAConfig, match_names
+from .config import LoRAConfig, check_adapter_name, match_names
 from .layer import LoRALayer, digest
 from .model import (
     ModulesToSave,
     active_adapter,
     adapter_names,
     attach_adapter,
-    check_name,
     check_unmerged,
     delete_adapter,
     lora_layers,
@@ -464,7 +463,7 @@ def load_adapter(model: Module, directory, name: str | None = None) -> Module:
             f"adapter in {str(directory)!r} does not fit this model:\n  " + "\n  ".join(plan.problems)
         )
     name = name or info.get("tinylora_adapter_name") or meta.get("adapter_name") or "default"
-    check_name(name)
+    check_adapter_name(name)
     _install(model, name, config, plan)
     return model
 

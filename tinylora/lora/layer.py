@@ -20,7 +20,7 @@ from .. import functional as F
 from ..nn import Linear, Module, ModuleDict, Parameter
 from ..nn.layers import normal, uniform
 from ..tensor import is_grad_enabled
-from .config import AdapterSettings, LoRAConfig, adapter_settings
+from .config import AdapterSettings, LoRAConfig, adapter_settings, check_adapter_name
 
 
 def digest(*arrays) -> str:
@@ -117,6 +117,14 @@ class LoRALayer(Module):
         v = w + ad.delta().astype(w.dtype)
         return dora_factor(ad.lora_magnitude_vector.data, v)[:, None] * v - w
 
+    def _check_new_adapter(self, name: str) -> None:
+        """What every layer checks before adding adapter `name` (the one copy of these checks)."""
+        check_adapter_name(name)
+        if name in self.adapters:
+            raise ValueError(f"adapter {name!r} already exists in this layer")
+        if self.merged is not None:
+            raise RuntimeError(f"cannot add adapter {name!r} while {self.merged!r} is merged; unmerge first")
+
     def _check_trainable_while_merged(self, ad) -> None:
         if self.training and is_grad_enabled() and any(p.requires_grad for p in ad.parameters()):
             raise RuntimeError(
@@ -203,12 +211,7 @@ class LoRALinear(LoRALayer):
 
     def add_adapter(self, name: str, config: LoRAConfig) -> Adapter:
         """Create adapter `name`, initialised as config.init says (B = 0 unless PiSSA)."""
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {name!r}")
-        if name in self.adapters:
-            raise ValueError(f"adapter {name!r} already exists in this layer")
-        if self.merged is not None:
-            raise RuntimeError(f"cannot add adapter {name!r} while {self.merged!r} is merged; unmerge first")
+        self._check_new_adapter(name)
         w = self.base.weight
         ad = Adapter(self.in_features, self.out_features, config, dtype=w.dtype)
         n_in, r = self.in_features, config.r

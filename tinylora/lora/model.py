@@ -6,7 +6,7 @@ import contextlib
 import copy
 
 from ..nn import Embedding, Linear, Module, ModuleDict
-from .config import LoRAConfig, match_names
+from .config import LoRAConfig, check_adapter_name, check_bias, match_names
 from .embedding import LoRAEmbedding
 from .layer import LoRALayer, LoRALinear
 
@@ -95,12 +95,6 @@ def check_unmerged(model: Module, doing: str, allowed: str | None = None, only: 
         )
 
 
-def check_name(name) -> None:
-    """Adapter names become parts of parameter names, so they must be identifiers."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {name!r}")
-
-
 def find_targets(model: Module, config: LoRAConfig) -> list:
     """Names of the modules config targets, checked: each must be an nn.Linear (or adapted)."""
     outer = [n for n, _ in _wrapped(model)]
@@ -150,7 +144,7 @@ def attach_adapter(model: Module, name: str, plan: dict, modules_to_save=(), ext
     """Add adapter `name` with plan's settings to each module, and a trained copy of each of
     modules_to_save; all or nothing. Returns model; the active adapter does not change.
     extend=True lets an existing adapter `name` reach more modules (apply_lora called twice)."""
-    check_name(name)
+    check_adapter_name(name)
     if name in adapter_names(model) and not extend:
         raise ValueError(f"adapter {name!r} already exists; delete_adapter first or pick another name")
     check_unmerged(model, f"adding adapter {name!r}")
@@ -341,8 +335,7 @@ def mark_only_lora_trainable(model: Module, bias: str = "none", modules_to_save=
     bias="all" also trains every bias, bias="lora_only" the biases of adapted layers;
     modules_to_save (names, matched like target_modules) also train fully, e.g. a new classifier head.
     """
-    if bias not in ("none", "all", "lora_only"):
-        raise ValueError(f"mark_only_lora_trainable: bias must be 'none', 'all' or 'lora_only', got {bias!r}")
+    check_bias("mark_only_lora_trainable", bias)
     found = [model.get_submodule(p) for p in find_modules_to_save(model, modules_to_save)]
     model.requires_grad_(False)
     _freeze_inactive(model)

@@ -18,8 +18,8 @@ import math
 from .. import backend
 from ..lowrank import svd
 from ..nn import Module
-from .config import AdapterSettings
-from .model import adapter_names, attach_adapter, check_name, check_unmerged, lora_layers, saved_modules
+from .config import AdapterSettings, check_adapter_name
+from .model import adapter_names, attach_adapter, check_unmerged, lora_layers, saved_modules
 
 COMBINATIONS = ("linear", "cat", "svd")
 
@@ -51,7 +51,7 @@ def add_weighted_adapter(
 
 def _check(model, adapters, weights, adapter_name, combination_type) -> list:
     """The layers holding any of `adapters`, after every check (nothing changes on failure)."""
-    check_name(adapter_name)
+    check_adapter_name(adapter_name)
     if combination_type not in COMBINATIONS:
         raise ValueError(
             f"add_weighted_adapter: combination_type must be one of {', '.join(COMBINATIONS)}, "
