@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tinylora as tl
-from tinylora import lora
+from tinylora import lora, models
 from tinylora.models import MiniLM, SmolLM2, pretrained
 
 torch = pytest.importorskip(
@@ -73,7 +73,10 @@ def test_peft_loads_a_smollm2_adapter_saved_here(smollm2_pair, tmp_path):
     ours, hf = smollm2_pair
     model = copy.deepcopy(ours)
     targets = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj")
-    lora.apply_lora(model, lora.LoRAConfig(r=4, alpha=8, target_modules=targets, rslora=True))
+    config = lora.LoRAConfig(
+        r=4, alpha=8, target_modules=targets, rslora=True, dora=True
+    )  # DoRA: m (out,) too
+    lora.apply_lora(model, config)
     randomise(model)
     lora.save_adapter(model, tmp_path)
     meta = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -184,3 +187,47 @@ def test_tiny_gpt_files_use_the_gpt_own_names(tmp_path):
     assert keys == {
         f"base_model.model.blocks.0.attn.{m}.lora_{ab}.weight" for m in ("q_proj", "v_proj") for ab in "AB"
     }
+
+
+# ============================================================== DoRA and embeddings, on a tiny random BERT
+
+
+def tiny_bert_pair(seed=0):
+    """A random 2-layer BertModel and tinylora's MiniLM holding the same weights."""
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+    )
+    hf = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    weights = {k: v.detach().numpy().copy() for k, v in hf.state_dict().items()}
+    ours = MiniLM.from_weights(
+        models.BertConfig.from_hf(cfg.to_dict()), models.minilm.rename_checkpoint(weights)
+    )
+    return ours, hf
+
+
+TINY_IDS = np.array([[2, 5, 7, 11, 13, 3], [2, 17, 19, 23, 3, 0]])
+TINY_MASK = TINY_IDS > 0
+
+
+def test_dora_and_embedding_adapters_travel_both_ways(tmp_path):
+    ours, hf = tiny_bert_pair()
+    config = lora.LoRAConfig(r=2, alpha=4, target_modules=("q_proj", "v_proj"), dora=True)
+    model = randomise(lora.apply_lora(copy.deepcopy(ours), config), scale=1.0)
+    lora.save_adapter(model, tmp_path / "dora")
+    pm, missing, unexpected = peft_loads(copy.deepcopy(hf), tmp_path / "dora")
+    assert missing == [] and unexpected == [] and pm.peft_config["default"].use_dora
+    mine = model(TINY_IDS, TINY_MASK).numpy()
+    assert np.abs(mine - ours(TINY_IDS, TINY_MASK).numpy()).max() > 0.05
+    np.testing.assert_allclose(mine, hf_hidden(pm, TINY_IDS, TINY_MASK), atol=1e-5, rtol=1e-5)
+
+    config = peft.LoraConfig(
+        r=3, lora_alpha=6, target_modules=["word_embeddings", "query"], init_lora_weights=False
+    )
+    pm = peft.get_peft_model(copy.deepcopy(hf), config).eval()
+    pm.save_pretrained(str(tmp_path / "emb"))  # PEFT also writes its copy of the embedding table
+    model = lora.load_adapter(copy.deepcopy(ours), tmp_path / "emb")
+    assert type(model.embeddings.word_embeddings).__name__ == "LoRAEmbedding"
+    mine = model(TINY_IDS, TINY_MASK).numpy()
+    assert np.abs(mine - ours(TINY_IDS, TINY_MASK).numpy()).max() > 0.05
+    np.testing.assert_allclose(mine, hf_hidden(pm, TINY_IDS, TINY_MASK), atol=1e-5, rtol=1e-5)

@@ -491,6 +491,11 @@ def _plan_from_file(model: Module, config: LoRAConfig, tensors: dict, names: Nam
             plan.saves.setdefault(path, {})[param] = arr
         elif param == "bias" and config.bias != "none":
             plan.base[_join(path, "bias")] = arr
+        elif kind == "base" and param == "weight":  # PEFT's copy of a targeted embedding: must be ours
+            mod = modules[path]
+            own = backend.to_numpy((mod.base if isinstance(mod, LoRALayer) else mod).weight.data)
+            if own.shape != arr.shape or not np.array_equal(own, arr):
+                plan.problems.append(f"{key}: the file's copy of this base weight differs from the model's")
         else:
             plan.problems.append(f"{key}: the config does not say why this tensor is saved (not a LoRA "
                                  "tensor, not in modules_to_save, and bias is 'none')")  # fmt: skip
