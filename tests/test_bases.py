@@ -94,3 +94,16 @@ def test_load_base_gives_independent_copies():
     a, b = bases.load_base("digits"), bases.load_base("digits")
     a.model.fc1.weight.data += 1
     assert not np.array_equal(a.model.fc1.weight.numpy(), b.model.fc1.weight.numpy())
+
+
+def test_pretrain_needs_a_folder_and_checks_it_before_training(tmp_path, monkeypatch):
+    from tinylora.io import WriteError
+
+    monkeypatch.setattr(bases, "train", lambda *a, **k: pytest.fail("trained before checking the folder"))
+    with pytest.raises(ValueError, match="pass bases.ASSETS to replace the shipped base on purpose"):
+        bases.pretrain("digits", None)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(WriteError, match=f"could not write {blocker / 'base'}"):
+        bases.pretrain("shakespeare", blocker / "base", steps=1, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]

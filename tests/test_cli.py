@@ -86,19 +86,70 @@ def test_demo_refuses_a_non_empty_folder_unless_forced(demo_report):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".report")]  # no temp folders left
 
 
-def test_demo_force_replaces_the_report_whole(tmp_path, monkeypatch):
-    out = tmp_path / "report"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+def _tiny_demo(monkeypatch):
     from tinylora import demo
 
     monkeypatch.setattr(demo, "FAST_STEPS", {"digits": 2, "shakespeare": 1})
     monkeypatch.setattr(demo, "DIGITS_RUNS", [("LoRA r=1", 1)])
     monkeypatch.setattr(demo, "SHAKESPEARE_RUNS", [("LoRA r=4", 4)])
+    return demo
+
+
+def test_demo_force_replaces_an_earlier_report_whole(tmp_path, monkeypatch):
+    demo = _tiny_demo(monkeypatch)
+    out = tmp_path / "report"
+    demo.run_demo(out, fast=True, progress=False, echo=lambda *a: None)
+    assert (out / demo.MARKER).is_file()  # reports are marked so that --force can recognise them
+    (out / "old.txt").write_text("old")
     demo.run_demo(out, fast=True, force=True, progress=False, echo=lambda *a: None)
     names = {p.name for p in out.iterdir()}
-    assert "old.txt" not in names and "results.json" in names
+    assert "old.txt" not in names and "results.json" in names and demo.MARKER in names
     assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary or old folders left
+
+
+def test_demo_force_never_deletes_a_folder_that_is_not_a_report(tmp_path, monkeypatch):
+    demo = _tiny_demo(monkeypatch)
+    docs = tmp_path / "Documents"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("years of work")
+    with pytest.raises(FileExistsError, match="not a tinylora report .* --force will not delete them"):
+        demo.run_demo(docs, fast=True, force=True, progress=False, echo=lambda *a: None)
+    out = run("demo", "--fast", "--force", "--out", str(docs), "--no-progress")
+    assert out.returncode == 2 and "not a tinylora report" in out.stderr and "Traceback" not in out.stderr
+    assert [p.name for p in docs.iterdir()] == ["thesis.txt"] and (
+        docs / "thesis.txt"
+    ).read_text() == "years of work"
+    assert [p.name for p in tmp_path.iterdir()] == ["Documents"]
+
+
+def test_an_os_error_in_the_demo_is_one_line_exit_1_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from tinylora import io
+
+    _tiny_demo(monkeypatch)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io._safetensors_numpy(), "save_file", full_disk)
+    out = tmp_path / "report"
+    assert cli.main(["demo", "--fast", "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"could not write {out}" in err and "No space left" in err and "free some disk space" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_demo_that_cannot_write_stops_before_training(tmp_path, monkeypatch, capsys):
+    demo = _tiny_demo(monkeypatch)
+    monkeypatch.setattr(demo, "train", lambda *a, **k: pytest.fail("trained before checking --out"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main(["demo", "--fast", "--out", str(blocker / "report"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(blocker) in err and "is a file" in err
+    assert blocker.read_text() == "x" and [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
 def test_a_failing_demo_leaves_no_half_written_report(tmp_path, monkeypatch):
@@ -169,6 +220,66 @@ def test_pretrain_digits_into_a_folder_reproduces_a_loadable_base(tmp_path):
     assert base.card["recipe"]["steps"] == 50 and base.card["metrics"]["test"]["accuracy"] > 0.5
 
 
+def _asset_bytes():
+    return {p.name: p.read_bytes() for p in bases.ASSETS.iterdir()}
+
+
+def test_pretrain_writes_into_the_package_only_when_asked(monkeypatch, capsys):
+    before = _asset_bytes()
+    monkeypatch.setattr(bases, "train", lambda *a, **k: pytest.fail("trained without a destination"))
+    assert cli.main(["pretrain", "shakespeare", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "give --out FOLDER" in err and "--into-package" in err and str(bases.ASSETS) in err
+    with pytest.raises(ValueError, match="give the folder to write to"):
+        bases.pretrain("digits", None, steps=1)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["pretrain", "digits", "--out", "x", "--into-package"])
+    assert _asset_bytes() == before
+
+
+def test_pretrain_into_package_says_where_it_writes(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(
+        bases,
+        "pretrain",
+        lambda name, directory, **k: (
+            calls.append(directory) or {"parameters": 1, "training_seconds": 0.0, "metrics": {"loss": 1.0}}
+        ),
+    )
+    assert cli.main(["pretrain", "digits", "--into-package", "--no-progress"]) == 0
+    assert calls == [bases.ASSETS] and f"written to {bases.ASSETS}" in capsys.readouterr().out
+
+
+def test_pretrain_checks_its_folder_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bases, "train", lambda *a, **k: pytest.fail("trained before checking --out"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main(["pretrain", "digits", "--out", str(blocker / "base"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and f"could not write {blocker / 'base'}" in err
+
+
+def test_a_failed_pretrain_write_keeps_the_earlier_base_whole(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from tinylora import io
+
+    assert cli.main(["pretrain", "digits", "--out", str(tmp_path), "--steps", "2", "--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = io._safetensors_numpy().save_file
+
+    def full_disk(arrays, path, metadata=None):
+        real(arrays, path, metadata=metadata)  # the file is written, then the disk fills up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io._safetensors_numpy(), "save_file", full_disk)
+    assert cli.main(["pretrain", "digits", "--out", str(tmp_path), "--steps", "3", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left" in err and "digits-mlp.safetensors" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # weights and card: both old
+    assert bases.load_base("digits", tmp_path).card["recipe"]["steps"] == 2
+
+
 def test_parser_rejects_bad_widths():
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["bench", "--width", "0"])
@@ -182,6 +293,7 @@ def test_parser_rejects_bad_widths():
         (["bench", "--lora-r", "0"], "--lora-r: expected an integer >= 1, got 0"),
         (["bench", "--steps", "many"], "--steps: expected an integer, got 'many'"),
         (["pretrain", "digits", "--steps", "0"], "--steps: expected an integer >= 1, got 0"),
+        (["demo", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
     ],
 )
 def test_bad_counts_are_refused_with_what_was_expected(argv, words, capsys):

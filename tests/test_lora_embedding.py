@@ -153,3 +153,17 @@ def test_outputs_match_peft():
     ids = np.array([[1, 6, 1], [0, 2, 5]])
     want = pm(torch.tensor(ids)).detach().numpy()
     np.testing.assert_allclose(ours(ids).numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_disable_and_merge_and_unload_work_on_an_embedding_adapter():
+    model = lora.apply_lora(tiny_gpt(tie_weights=False), LoRAConfig(r=2, target_modules=("tok_emb",))).eval()
+    model.tok_emb.adapters["default"].lora_embedding_A.data[:] = 0.5
+    ids = np.random.default_rng(0).integers(0, 17, size=(2, 8))
+    plain = tiny_gpt(tie_weights=False).eval()(ids).numpy()
+    adapted = model(ids).numpy()
+    assert not np.allclose(adapted, plain)
+    with lora.disable_adapters(model):
+        np.testing.assert_array_equal(model(ids).numpy(), plain)
+    lora.merge_and_unload(model)
+    assert isinstance(model.tok_emb, nn.Embedding)
+    np.testing.assert_allclose(model(ids).numpy(), adapted, rtol=1e-5, atol=1e-6)

@@ -2,6 +2,7 @@
 state bytes, the cosine schedule and gradient clipping."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -309,13 +310,13 @@ def test_state_bytes_for_a_partly_frozen_model():
 
 def test_optimizer_argument_errors():
     w, b = make_params()
-    with pytest.raises(ValueError, match="lr must be >= 0, got -0.1"):
+    with pytest.raises(ValueError, match="SGD: lr must be >= 0, got -0.1"):
         optim.SGD([w], lr=-0.1)
-    with pytest.raises(ValueError, match="lr must be >= 0"):
+    with pytest.raises(ValueError, match="Adam: lr must be >= 0"):
         optim.Adam([w], lr=-1.0)
-    with pytest.raises(ValueError, match=r"betas must be in \[0, 1\), got \(1.0, 0.999\)"):
+    with pytest.raises(ValueError, match=r"betas\[0\] must be in \[0, 1\), got 1.0"):
         optim.Adam([w], betas=(1.0, 0.999))
-    with pytest.raises(ValueError, match="AdamW: betas must be in"):
+    with pytest.raises(ValueError, match=r"AdamW: betas\[1\] must be in \[0, 1\)"):
         optim.AdamW([w], betas=(0.9, -0.1))
     with pytest.raises(TypeError, match="parameters must be Tensors, got ndarray"):
         optim.SGD([P0], lr=0.1)
@@ -366,11 +367,19 @@ def test_cosine_schedule_drives_every_group():
     np.testing.assert_allclose(w2.data, [-0.5])
 
 
-@pytest.mark.parametrize("total, warmup", [(0, 0), (10, -1), (10, 11)])
-def test_cosine_schedule_errors(total, warmup):
+@pytest.mark.parametrize(
+    "total, warmup, words",
+    [
+        (0, 0, "total_steps must be an integer >= 1, got 0"),
+        (10, -1, "warmup_steps must be an integer >= 0, got -1"),
+        (10, 11, "warmup_steps=11, total_steps=10"),
+        (10.0, 0, "total_steps must be an integer >= 1, got 10.0"),
+    ],
+)
+def test_cosine_schedule_errors(total, warmup, words):
     w, _ = make_params()
     opt = optim.SGD([w], lr=0.1)
-    with pytest.raises(ValueError, match=f"warmup_steps={warmup}, total_steps={total}"):
+    with pytest.raises(ValueError, match=words):
         optim.CosineSchedule(opt, total_steps=total, warmup_steps=warmup)
     assert opt.param_groups[0]["lr"] == 0.1  # untouched
 
@@ -412,11 +421,58 @@ def test_clip_grad_norm_accepts_a_module():
 
 def test_bad_optimizer_arguments_are_refused():
     p = [tl.Tensor(np.ones(2), requires_grad=True)]
-    with pytest.raises(ValueError, match="momentum and weight_decay must be >= 0"):
+    with pytest.raises(ValueError, match="SGD: momentum must be >= 0, got -0.5"):
         optim.SGD(p, lr=0.1, momentum=-0.5)
-    with pytest.raises(ValueError, match="need eps > 0"):
+    with pytest.raises(ValueError, match="Adam: eps must be > 0, got 0.0"):
         optim.Adam(p, eps=0.0)
-    with pytest.raises(ValueError, match="min_ratio must be in"):
+    with pytest.raises(ValueError, match=r"min_ratio must be in \[0, 1\], got 2.0"):
         optim.CosineSchedule(optim.SGD(p, lr=0.1), total_steps=10, min_ratio=2.0)
-    with pytest.raises(ValueError, match="max_norm must be > 0"):
+    with pytest.raises(ValueError, match="max_norm must be > 0, got 0.0"):
         optim.clip_grad_norm_(p, 0.0)
+
+
+BAD_NUMBERS = [float("nan"), float("inf"), -float("inf"), "1e-3", True, None, [0.1]]
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda p, v: optim.SGD(p, lr=v), "lr"),
+        (lambda p, v: optim.SGD(p, lr=0.1, momentum=v), "momentum"),
+        (lambda p, v: optim.SGD(p, lr=0.1, weight_decay=v), "weight_decay"),
+        (lambda p, v: optim.Adam(p, lr=v), "lr"),
+        (lambda p, v: optim.Adam(p, eps=v), "eps"),
+        (lambda p, v: optim.AdamW(p, weight_decay=v), "weight_decay"),
+        (lambda p, v: optim.AdamW(p, betas=(0.9, v)), r"betas\[1\]"),
+        (lambda p, v: optim.SGD([{"params": p, "lr": v}], lr=0.1), "lr"),  # a group's own value
+        (lambda p, v: optim.clip_grad_norm_(p, v), "max_norm"),
+    ],
+)
+def test_non_finite_or_mistyped_settings_are_refused_naming_the_field(make, field, value):
+    p = [tl.Tensor(np.ones(2, np.float32), requires_grad=True)]
+    p[0].grad = np.ones(2, np.float32)
+    with pytest.raises(ValueError, match=f"{field} must be a finite number.*got {re.escape(repr(value))}"):
+        make(p, value)
+    np.testing.assert_array_equal(p[0].data, [1.0, 1.0])  # nothing was updated
+    np.testing.assert_array_equal(p[0].grad, [1.0, 1.0])
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
+    p = [tl.Tensor(np.ones(2, np.float32), requires_grad=True)]
+    opt = optim.AdamW(p, lr=np.float32(0.5), betas=(np.float64(0.5), 0.9), weight_decay=np.int64(0))
+    g = opt.param_groups[0]
+    assert g["lr"] == 0.5 and type(g["lr"]) is float and g["betas"] == (0.5, 0.9) and g["weight_decay"] == 0
+
+
+def test_an_optimizer_with_nothing_to_train_is_refused():
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optim.AdamW(iter(()), lr=0.1)  # a used-up generator
+    m = models.MLP([3, 2])
+    m.requires_grad_(False)
+    with pytest.raises(ValueError, match="none of the 2 parameters requires grad"):
+        optim.Adam(m, lr=0.1)
+    with pytest.raises(TypeError, match="got one Tensor"):
+        optim.SGD(tl.Tensor(np.ones(2), requires_grad=True), lr=0.1)

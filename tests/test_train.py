@@ -159,8 +159,44 @@ def test_batches_may_be_an_iterable(digits):
     expected = F.cross_entropy(fresh(tl.Tensor(pairs[0][0])), pairs[0][1]).item()
     assert h.train_losses[0][1] == pytest.approx(expected, rel=1e-6)
     assert len(h.train_losses) == 4
-    with pytest.raises(StopIteration):
-        train(model, optim.SGD(model, lr=0.1), pairs, 5, progress=False)  # runs out of batches
+    with pytest.raises(ValueError, match="batches ran out at step 5 of 5: only 4 batches were given"):
+        train(model, optim.SGD(model, lr=0.1), pairs, 5, progress=False)
+    with pytest.raises(ValueError, match="ran out at step 1 of 2: only 0 batches"):
+        train(model, optim.SGD(model, lr=0.1), iter(()), 2, progress=False)
+
+
+def test_a_batch_that_is_not_a_pair_is_refused_naming_the_step(digits):
+    model = models.MLP([64, 10])
+    x = digits.x_train[:4]
+    with pytest.raises(ValueError, match="step 1: a batch must be an \\(x, y\\) pair, got ndarray"):
+        train(model, optim.SGD(model, lr=0.1), lambda: x, 2, progress=False)
+    with pytest.raises(TypeError, match="batches must be a callable or an iterable .* got int"):
+        train(model, optim.SGD(model, lr=0.1), 3, 2, progress=False)
+
+
+def test_a_non_finite_gradient_stops_training_before_the_update(digits):
+    """A finite loss whose gradient is NaN (sqrt at 0): the model keeps the weights of step 2."""
+    calls, snapshot = [], {}
+
+    def loss_fn(model, x, y):
+        calls.append(1)
+        loss = F.cross_entropy(model(x), y)
+        if len(calls) == 3:
+            snapshot.update({k: v.copy() for k, v in model.state_dict().items()})
+            w = model.fc1.weight
+            return loss + ((w - w) ** 2).sum().sqrt()  # adds 0 to the loss, NaN to the gradient
+        return loss
+
+    tl.manual_seed(0)
+    model = models.MLP([64, 10])
+    opt = optim.Adam(model, lr=0.1)
+    with pytest.raises(FloatingPointError, match="diverged at step 3: 1 of 2 gradients hold NaN") as info:
+        with np.errstate(all="ignore"):
+            train(model, opt, batch_source(digits), 10, loss_fn=loss_fn, progress=False)
+    assert "not taken" in str(info.value) and len(calls) == 3
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, snapshot[k])  # the third step changed nothing
+    assert all(s["step"] == 2 for s in opt.state.values())
 
 
 def test_a_step_really_updates_the_model(digits):
@@ -253,10 +289,14 @@ def test_zero_steps_evaluates_once(digits):
 def test_train_argument_errors(digits):
     model = models.MLP([64, 10])
     opt = optim.SGD(model, lr=0.1)
-    with pytest.raises(ValueError, match="steps must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="steps must be an integer >= 0, got -1"):
         train(model, opt, batch_source(digits), -1, progress=False)
-    with pytest.raises(ValueError, match="eval_every must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="steps must be an integer >= 0, got 5.0"):
+        train(model, opt, batch_source(digits), 5.0, progress=False)
+    with pytest.raises(ValueError, match="eval_every must be an integer >= 1, got 0"):
         train(model, opt, batch_source(digits), 5, eval_every=0, progress=False)
+    with pytest.raises(ValueError, match="clip_norm must be a finite number > 0, got nan"):
+        train(model, opt, batch_source(digits), 5, clip_norm=float("nan"), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -171,3 +171,17 @@ def test_outputs_match_peft_given_the_same_pair():
     x = rng.normal(size=(3, 5))
     want = pm(torch.tensor(x)).detach().numpy()
     np.testing.assert_allclose(ours(x).numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_shared_model_functions_work_on_vera_layers():
+    model = trained(lora.apply_vera(tiny_gpt(dtype=np.float64), VeRAConfig(r=3, target_modules=("v_proj",))))
+    model.eval()
+    ids = np.random.default_rng(0).integers(0, 17, size=(2, 8))
+    plain = tiny_gpt(dtype=np.float64).eval()(ids).numpy()
+    adapted = model(ids).numpy()
+    assert not np.allclose(adapted, plain)
+    with lora.disable_adapters(model):
+        np.testing.assert_allclose(model(ids).numpy(), plain, rtol=1e-12, atol=1e-12)
+    lora.merge_and_unload(model)
+    assert lora.lora_layers(model) == [] and isinstance(model.blocks[0].attn.v_proj, nn.Linear)
+    np.testing.assert_allclose(model(ids).numpy(), adapted, rtol=1e-12, atol=1e-12)

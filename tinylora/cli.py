@@ -127,10 +127,19 @@ def cmd_bench(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    """Train a shipped base again (writes tinylora/assets/ unless --out is given)."""
-    from .bases import pretrain
+    """Train a base again into --out (or, with --into-package, over the shipped one)."""
+    from .bases import ASSETS, pretrain
 
-    card = pretrain(args.name, directory=args.out, steps=args.steps, progress=not args.no_progress)
+    if args.out is None and not args.into_package:
+        print(
+            f"tinylora pretrain: error: give --out FOLDER for the new base, or --into-package to replace "
+            f"the shipped base in {ASSETS} (every demo and chapter uses it)",
+            file=sys.stderr,
+        )
+        return 2
+    folder = ASSETS if args.into_package else args.out
+    print(f"tinylora pretrain: training {args.name}; it will be written to {folder}", flush=True)
+    card = pretrain(args.name, directory=folder, steps=args.steps, progress=not args.no_progress)
     metrics = ", ".join(
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
         for k, v in card["metrics"].items()
@@ -150,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="full fine-tuning vs LoRA on the shipped bases, with a report folder")
     p.add_argument("--out", default="tinylora-demo", help="report folder (default: ./tinylora-demo/)")
     p.add_argument("--fast", action="store_true", help="a few steps only (a smoke test)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count(0), default=0)
     p.add_argument("--backend", type=_backends, default=["numpy"], help="numpy (default) or cupy")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument(
+        "--force", action="store_true", help="replace an earlier report in --out (never other files)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -181,7 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="train a shipped base again: digits or shakespeare")
     p.add_argument("name", choices=["digits", "shakespeare"])
-    p.add_argument("--out", default=None, help="folder to write to (default: tinylora/assets/)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", default=None, help="folder to write the new base to")
+    where.add_argument(
+        "--into-package",
+        action="store_true",
+        help="replace the shipped base inside the installed package (tinylora/assets/)",
+    )
     p.add_argument("--steps", type=_count(1), default=None, help="override the recipe's number of steps")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pretrain)
@@ -199,15 +216,25 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (
-        FileExistsError,
-        FileNotFoundError,
-        backend.BackendUnavailableError,
-        ImportError,
-        ValueError,
-    ) as e:
+    except OSError as e:
+        if e.errno is None:  # a refusal of ours (e.g. a non-empty --out): a usage error
+            print(f"tinylora {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        print(f"tinylora {args.command}: error: {_os_error_line(e)}", file=sys.stderr)
+        return 1
+    except (backend.BackendUnavailableError, ImportError, ValueError) as e:
         print(f"tinylora {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for an error the operating system raised: the path, the reason, what to do."""
+    from .io import WriteError  # here, not at the top: `tinylora info` starts without the engine
+
+    if isinstance(e, WriteError):
+        return str(e)
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}; check the path, its permissions and the free disk space"
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -29,22 +30,76 @@ def _safetensors_numpy():
     return st_numpy
 
 
+class WriteError(OSError):
+    """Writing a file failed (no space, no permission, read-only, no folder): names the path and what to do."""
+
+    def __str__(self) -> str:
+        return f"could not write {self.filename}: {self.strerror}; {_what_to_do(self.errno)}"
+
+
+def _what_to_do(err) -> str:
+    if err == errno.ENOSPC:
+        return "free some disk space or write somewhere else"
+    if err in (errno.EACCES, errno.EPERM):
+        return "check the folder's permissions or write somewhere else"
+    if err == errno.EROFS:
+        return "that file system is read-only: write somewhere else"
+    if err in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST):
+        return "a folder on the way is missing or is a file: check the path"
+    return "check the path and the disk"
+
+
+def _write_error(e: OSError, path) -> WriteError:
+    """`e` as a WriteError naming `path` (the file the user asked for, not a temporary)."""
+    cause = e
+    while isinstance(cause.__cause__, OSError):  # the first OS error says what really happened
+        cause = cause.__cause__
+    reason = cause.strerror or str(cause)
+    return WriteError(e.errno, reason.removeprefix(f"could not write {cause.filename}: "), str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = ""):
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    Any OS error (here or in the block) becomes a WriteError naming `path`; no temporary stays.
+    """
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         os.chmod(
             tmp, path.stat().st_mode & 0o777 if path.exists() else _default_mode()
         )  # mkstemp made it 0600
         os.replace(tmp, path)
+    except WriteError as e:
+        if e.filename == str(path):
+            raise
+        raise _write_error(e, path) from e
+    except OSError as e:
+        raise _write_error(e, path) from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable(folder) -> Path:
+    """Raise a WriteError now if files cannot be written in `folder` (creating nothing that stays)."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder", str(existing))
+        fd, probe = tempfile.mkstemp(prefix=".tinylora-write-check-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise _write_error(e, folder) from e
+    return folder
 
 
 def _default_mode() -> int:

@@ -9,39 +9,67 @@ from __future__ import annotations
 import math
 
 from . import backend
+from .nn.checks import integer, number
 from .tensor import Tensor
 
 
-def _param_groups(params, defaults: dict) -> list:
-    """Normalise params (Tensors, a Module's parameters(), or dicts of groups) into groups."""
+def _param_groups(params, defaults: dict, owner: str = "optimizer") -> list:
+    """Normalise params (Tensors, a Module's parameters(), or dicts of groups) into checked groups."""
+    if isinstance(params, Tensor):
+        raise TypeError(
+            f"{owner}: params must be an iterable of Tensors (e.g. model.parameters()), got one Tensor"
+        )
     if hasattr(params, "parameters") and callable(params.parameters):
         params = params.parameters()
     params = list(params)
-    if params and all(isinstance(g, dict) for g in params):
+    if not params:
+        raise ValueError(f"{owner}: got an empty parameter list; pass model.parameters() (or groups of them)")
+    if all(isinstance(g, dict) for g in params):
         groups = [dict(defaults, **g) for g in params]
     else:
         groups = [dict(defaults, params=params)]
-    seen = set()
+    seen, total = set(), 0
     for g in groups:
         ps = list(g["params"])
         for p in ps:
             if not isinstance(p, Tensor):
-                raise TypeError(f"optimizer: parameters must be Tensors, got {type(p).__name__}")
+                raise TypeError(f"{owner}: parameters must be Tensors, got {type(p).__name__}")
             if id(p) in seen:
-                raise ValueError("optimizer: a parameter appears in more than one group")
+                raise ValueError(f"{owner}: a parameter appears in more than one group")
             seen.add(id(p))
+        _check_hyperparameters(owner, g)
         g["params"] = [p for p in ps if p.requires_grad]  # frozen parameters cost nothing
+        total += len(g["params"])
+    if not total:
+        raise ValueError(
+            f"{owner}: none of the {len(seen)} parameters requires grad, so it would train nothing; "
+            "unfreeze some (model.requires_grad_(True), or lora.apply_lora) before building the optimizer"
+        )
     return groups
+
+
+def _check_hyperparameters(owner: str, group: dict) -> None:
+    """Refuse NaN, infinities, strings and bools for lr, momentum, betas, eps, weight_decay."""
+    for key in ("lr", "momentum", "weight_decay"):
+        if key in group:
+            group[key] = number(owner, key, group[key], 0)
+    if "eps" in group:
+        group["eps"] = number(owner, "eps", group["eps"], 0, above=True)
+    if "betas" in group:
+        betas = group["betas"]
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+        group["betas"] = tuple(number(owner, f"betas[{i}]", b, 0, 1, below=True) for i, b in enumerate(betas))
 
 
 class Optimizer:
     """Holds parameter groups (each with its own lr, weight_decay, ...) and per-parameter state."""
 
     def __init__(self, params, defaults: dict):
-        if defaults.get("lr", 0) < 0:
-            raise ValueError(f"optimizer: lr must be >= 0, got {defaults['lr']}")
+        owner = type(self).__name__
+        _check_hyperparameters(owner, defaults)
         self.defaults = defaults
-        self.param_groups = _param_groups(params, defaults)
+        self.param_groups = _param_groups(params, defaults, owner)
         self.state: dict = {}  # id(param) -> dict of arrays
 
     def zero_grad(self) -> None:
@@ -81,10 +109,6 @@ class SGD(Optimizer):
     """p -= lr * (grad + weight_decay * p), with optional momentum (PyTorch's formulation)."""
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(
-                f"SGD: momentum and weight_decay must be >= 0, got {momentum} and {weight_decay}"
-            )
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     def _update(self, p, grad, group) -> None:
@@ -110,13 +134,7 @@ class Adam(Optimizer):
     def __init__(
         self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
     ):
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
-        if eps <= 0 or weight_decay < 0:
-            raise ValueError(
-                f"{type(self).__name__}: need eps > 0 and weight_decay >= 0, got {eps} and {weight_decay}"
-            )
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     def _update(self, p, grad, group) -> None:
         b1, b2 = group["betas"]
@@ -164,7 +182,7 @@ class AdamW(Adam):
         if hasattr(params, "parameters") and callable(params.parameters):
             params = params.parameters()
         params = list(params)
-        if params and not isinstance(params[0], dict) and not decay_1d:
+        if params and not isinstance(params[0], dict) and not decay_1d:  # (one group may be empty)
             params = [
                 {"params": [p for p in params if p.ndim >= 2]},
                 {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
@@ -188,9 +206,10 @@ class CosineSchedule:
     """Sets every group's lr to cosine_lr(step) (scaled by the group's starting lr) on each step()."""
 
     def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.1):
-        if not 0.0 <= min_ratio <= 1.0:
-            raise ValueError(f"CosineSchedule: min_ratio must be in [0, 1], got {min_ratio}")
-        if total_steps < 1 or warmup_steps < 0 or warmup_steps > total_steps:
+        min_ratio = number("CosineSchedule", "min_ratio", min_ratio, 0.0, 1.0)
+        total_steps = integer("CosineSchedule", "total_steps", total_steps, 1)
+        warmup_steps = integer("CosineSchedule", "warmup_steps", warmup_steps, 0)
+        if warmup_steps > total_steps:
             raise ValueError(
                 f"CosineSchedule: need 0 <= warmup_steps <= total_steps and total_steps >= 1, "
                 f"got warmup_steps={warmup_steps}, total_steps={total_steps}"
@@ -215,8 +234,7 @@ class CosineSchedule:
 
 def clip_grad_norm_(params, max_norm: float) -> float:
     """Scale gradients in place so their global L2 norm is at most max_norm; return the norm before."""
-    if not max_norm > 0:
-        raise ValueError(f"clip_grad_norm_: max_norm must be > 0, got {max_norm}")
+    max_norm = number("clip_grad_norm_", "max_norm", max_norm, 0, above=True)
     if hasattr(params, "parameters") and callable(params.parameters):
         params = params.parameters()
     grads = [p.grad for p in params if p.grad is not None]

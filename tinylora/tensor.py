@@ -68,6 +68,17 @@ def _as_array(data, dtype=None):
     return backend.asarray(data, dtype=dtype)
 
 
+def _numeric(data, dtype=None):
+    """`data` unchanged if it holds numbers (or bools); a TypeError naming any other dtype."""
+    kinds = [np.dtype(dtype)] if dtype is not None else []
+    if not isinstance(data, Tensor):
+        kinds.append(data.dtype if hasattr(data, "dtype") else np.asarray(data).dtype)
+    for dt in kinds:
+        if dt.kind not in "biufc":
+            raise TypeError(f"Tensor: expected numbers (float, int or bool data), got dtype {dt}")
+    return data
+
+
 class Tensor:
     """An array plus what autograd needs: requires_grad, .grad, and the op that made it."""
 
@@ -75,7 +86,7 @@ class Tensor:
     __array_ufunc__ = None  # numpy_array * tensor defers to Tensor.__rmul__
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
-        self.data = _as_array(data, dtype)
+        self.data = _as_array(_numeric(data, dtype), dtype)
         self.grad = None
         self.requires_grad = False
         self._prev = ()

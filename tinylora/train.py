@@ -10,6 +10,7 @@ import numpy as np
 
 from . import backend
 from . import functional as F
+from .nn.checks import integer, number
 from .optim import clip_grad_norm_
 from .tensor import Tensor, manual_seed, no_grad
 
@@ -49,6 +50,74 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+def _batch_source(batches):
+    """A function giving the next (x, y): it calls `batches`, or steps through an iterable of pairs."""
+    if callable(batches):
+        return batches
+    try:
+        return iter(batches).__next__
+    except TypeError:
+        raise TypeError(
+            f"train: batches must be a callable or an iterable giving (x, y) pairs, got {type(batches).__name__}"
+        ) from None
+
+
+def _next_batch(next_batch, step: int, steps: int) -> tuple:
+    """The batch for `step` as backend arrays (or Tensors); clear errors if there is none."""
+    try:
+        batch = next_batch()
+    except StopIteration:
+        raise ValueError(
+            f"train: the batches ran out at step {step} of {steps}: only {step - 1} batches were given. "
+            "Give at least `steps` batches, a callable, or an endless iterator (itertools.cycle)"
+        ) from None
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError(f"train: step {step}: a batch must be an (x, y) pair, got {type(batch).__name__}")
+    return tuple(v if isinstance(v, Tensor) else backend.asarray(v) for v in batch)
+
+
+def _check_finite_grads(params, step: int) -> None:
+    """Raise before the update if any gradient holds NaN or infinity (the step is not taken)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or math.isfinite(float(sum(g.sum(dtype="float64") for g in grads))):  # one sync
+        return
+    bad = sum(1 for g in grads if not math.isfinite(float(g.sum(dtype="float64"))))
+    raise FloatingPointError(
+        f"training diverged at step {step}: {bad} of {len(params)} gradients hold NaN or infinity; "
+        "the step was not taken. Lower the learning rate or clip gradients (clip_norm=1.0)."
+    )
+
+
+def _step(model, optimizer, loss_fn, batch: tuple, step: int, clip_norm) -> float:
+    """One optimizer step on one batch; returns the loss. A NaN or infinite loss or gradient raises first."""
+    loss = loss_fn(model, *batch)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"training diverged at step {step}: the loss is {value}. Lower the learning rate "
+            "or clip gradients (clip_norm=1.0)."
+        )
+    optimizer.zero_grad()
+    loss.backward()
+    _check_finite_grads(optimizer.params, step)
+    if clip_norm is not None:
+        clip_grad_norm_(optimizer.params, clip_norm)
+    optimizer.step()
+    return value
+
+
+def _evaluate(model, eval_fn) -> dict:
+    """eval_fn(model) under no_grad in eval mode, then the model's mode as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            metrics = eval_fn(model)
+    finally:
+        model.train(was_training)
+    return {f"eval_{k}": float(v) for k, v in metrics.items()}
+
+
 def train(
     model,
     optimizer,
@@ -67,36 +136,22 @@ def train(
     """Run `steps` optimizer steps on batches (an iterator or callable giving (x, y)).
 
     eval_fn(model) -> {"loss": ..., "accuracy": ...} runs under no_grad in eval mode every
-    eval_every steps and after the last. Raises FloatingPointError naming the step if the
-    loss becomes NaN or infinite. Deterministic for a given seed and batch source.
+    eval_every steps and after the last. A NaN or infinite loss or gradient raises
+    FloatingPointError naming the step, before that step changes the model.
     """
-    if steps < 0:
-        raise ValueError(f"train: steps must be >= 0, got {steps}")
-    if eval_every < 1:
-        raise ValueError(f"train: eval_every must be >= 1, got {eval_every}")
+    steps = integer("train", "steps", steps, 0)
+    eval_every = integer("train", "eval_every", eval_every, 1)
+    if clip_norm is not None:
+        clip_norm = number("train", "clip_norm", clip_norm, 0, above=True)
+    next_batch = _batch_source(batches)
     if seed is not None:
         manual_seed(seed)
-    next_batch = batches if callable(batches) else iter(batches).__next__
-    history = History()
-    bar = _progress(steps, desc, progress)
-    start = time.perf_counter()
+    history, bar, start = History(), _progress(steps, desc, progress), time.perf_counter()
 
-    def evaluate(step, train_loss):
-        row = {
-            "step": step,
-            "train_loss": train_loss,
-            "seconds": time.perf_counter() - start,
-            "lr": optimizer.param_groups[0]["lr"] if optimizer.param_groups else None,
-        }
-        if eval_fn is not None:
-            was_training = model.training
-            model.eval()
-            try:
-                with no_grad():
-                    metrics = eval_fn(model)
-            finally:
-                model.train(was_training)
-            row.update({f"eval_{k}": float(v) for k, v in metrics.items()})
+    def record(step, train_loss):
+        lr = optimizer.param_groups[0]["lr"] if optimizer.param_groups else None
+        row = {"step": step, "train_loss": train_loss, "seconds": time.perf_counter() - start, "lr": lr}
+        row.update(_evaluate(model, eval_fn) if eval_fn is not None else {})
         history.rows.append(row)
         return row
 
@@ -104,29 +159,13 @@ def train(
     recent = []
     try:
         for step in range(1, steps + 1):
-            x, y = next_batch()
-            loss = loss_fn(
-                model,
-                backend.asarray(x) if not isinstance(x, Tensor) else x,
-                backend.asarray(y) if not isinstance(y, Tensor) else y,
-            )
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"training diverged at step {step}: the loss is {value}. Lower the learning rate "
-                    "or clip gradients (clip_norm=1.0)."
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            if clip_norm is not None:
-                clip_grad_norm_(optimizer.params, clip_norm)
-            optimizer.step()
+            value = _step(model, optimizer, loss_fn, _next_batch(next_batch, step, steps), step, clip_norm)
             if schedule is not None:
                 schedule.step()
             history.train_losses.append((step, value))
             recent.append(value)
             if step % eval_every == 0 or step == steps:
-                row = evaluate(step, float(np.mean(recent)))
+                row = record(step, float(np.mean(recent)))
                 recent = []
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith("eval_")})
@@ -136,7 +175,7 @@ def train(
         if bar is not None:
             bar.close()
     if steps == 0:
-        evaluate(0, float("nan"))
+        record(0, float("nan"))
     return history
 
 

@@ -293,3 +293,30 @@ for name, k in state_per_param.items():
     print(f"  {name:15s} {w:9.0f} {g:10.0f} {s:11.0f} {w + g + s:8.0f}")
 print(f"  Adam's state alone: {2 * N * bytes_fp32 / GB:.0f} GB, twice the weights;"
       f" the Adam total, {(1 + 1 + 2) * N * bytes_fp32 / GB:.0f} GB, does not fit on one 80 GB accelerator.")
+
+# %% [markdown]
+# ## Try it
+#
+# Starting cells for the chapter's exercises. Each runs as it is; change the marked line.
+#
+# **1. Adam's learning rate.** Train the digits MLP with Adam at a few learning rates for the
+# same short run: where is Adam fast, and where does it become unstable?
+
+# %%
+try_steps = 10 if FAST else 200
+for lr in (1e-4, 1e-3, 1e-2):  # <- try 3e-2 or 1e-1
+    tl.manual_seed(0)
+    m_try = MLP([64, 128, 128, 10])
+    train(m_try, optim.Adam(m_try.parameters(), lr=lr), batches(0), try_steps, seed=0, progress=False)
+    acc = evaluate_classifier(m_try, digits.x_test, digits.y_test)["accuracy"]
+    print(f"Adam lr {lr:g}: test accuracy after {try_steps} steps {acc:.2%}")
+
+# %% [markdown]
+# **2. What Adam's state costs on your own model.** `first_step_growth` from section 6 on any
+# layer sizes: predict `state_bytes()` before you run it.
+
+# %%
+sizes_try = [64, 256, 10]  # <- your sizes
+m = first_step_growth(OPTIMIZERS["Adam"], sizes_try)
+print(f"MLP{sizes_try}: parameters {m['params']:,} bytes, Adam state {m['state']:,} bytes "
+      f"({m['state'] / m['params']:.2f} x), traced growth {m['traced']:,} bytes")

@@ -8,7 +8,8 @@
 # W_before, how much of it the best rank-r approximation keeps, how good the model stays when
 # the deltas are cut down to rank r (against a LoRA trained at that rank), and how
 # much the subspaces that LoRA learns agree across ranks and seeds (Hu et al. 2021, section 7),
-# always against a random baseline. The prose is in
+# always against a random baseline. Every loss is on the course's fixed held-out comedy windows
+# (`tinylora.evaluate.heldout_set`), and comparisons carry paired ±2 standard errors. The prose is in
 # [chapter 08](../chapters/08-what-full-fine-tuning-changes.md).
 
 # %%
@@ -22,12 +23,16 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import tinylora as tl
 from tinylora import lora, lowrank, optim
 from tinylora.bases import load_base
 from tinylora.data import WindowSampler, load_shakespeare
-from tinylora.train import evaluate_lm, train
+from tinylora.evaluate import heldout_set, paired_diff, window_losses
+from tinylora.train import train
+
+threadpool_limits(1)  # one BLAS thread: on a shared 2-core machine extra threads only contend
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 SEED = 0
@@ -38,12 +43,13 @@ STEPS = 3 if FAST else 400             # optimizer steps of every fine-tuning ru
 BLOCK, BATCH = 64, 16                  # windows of 64 characters, 16 windows per step
 WARMUP = 0 if FAST else 20             # linear warm-up, then cosine decay to 10% of the lr
 LR_FULL = 3e-4                         # AdamW, every parameter trainable
-LR_LORA = 5e-3                         # AdamW, only A and B trainable
+LR_LORA = 5e-3                         # AdamW, only A and B trainable (tuned at r = 8)
+ALPHA = 16                             # alpha fixed (Hu et al. 2021): scaling alpha/r, one lr for every r
 WEIGHT_DECAY = 0.0                     # no decay: dW is then only what the gradients did
 RANKS = [1, 8] if FAST else [1, 2, 4, 8, 16, 32, 64]
 R_SMALL, R_BIG = 8, RANKS[-1]          # the ranks compared in the subspace section
 TARGETS = ("q_proj", "v_proj")         # LoRA targets (and the deltas we truncate to match)
-EVAL_BATCHES = 1 if FAST else 8        # evaluate_lm: 8 batches of 32 fixed random windows
+N_EVAL = 64 if FAST else 512          # the course's fixed held-out comedy windows
 RANDOM_DRAWS = 5 if FAST else 200      # random matrices averaged for each baseline
 
 # %% [markdown]
@@ -51,7 +57,10 @@ RANDOM_DRAWS = 5 if FAST else 200      # random matrices averaged for each basel
 #
 # `load_base("shakespeare")` is a 4-layer character GPT (width 128, 4 heads) trained on the
 # histories, tragedies, problem plays, Roman plays and romances. The comedies are new to it.
-# Every loss below is `evaluate_lm` on the same fixed windows of the comedies' validation split.
+# Every loss below is the mean over the course's fixed held-out set: 512 windows of 64 characters,
+# evenly spaced over the comedies' held-out text (`heldout_set("comedies")`, the same windows in
+# every chapter), scored window by window (`window_losses`) so that two models can be compared
+# on the same windows with a paired standard error.
 
 # %%
 base = load_base("shakespeare")
@@ -64,17 +73,29 @@ print(f"base card: val loss on its own genres {card['metrics']['val_loss']:.4f},
       f"comedies loss {card['metrics']['comedies_loss']:.4f}")
 
 
-def comedy_loss(model):
-    """Mean next-character cross-entropy on fixed windows of the comedies' validation text."""
-    model.eval()
-    return evaluate_lm(model, comedies.val, BLOCK, batch_size=32, batches=EVAL_BATCHES)["loss"]
+x_eval, y_eval = heldout_set("comedies", block_size=BLOCK, n=N_EVAL)
+per_window = {}  # label -> the losses of the N_EVAL windows
+
+
+def comedy_loss(model, label=None):
+    """Mean next-character cross-entropy on the fixed held-out comedy windows (kept under `label`)."""
+    losses = window_losses(model, x_eval, y_eval)
+    if label is not None:
+        per_window[label] = losses
+    return float(losses.mean())
+
+
+def vs(a, b):
+    """'mean ± 2 SE' of the paired per-window difference a - b."""
+    d, se = paired_diff(per_window[a], per_window[b])
+    return f"{d:+.4f} ± {se:.4f}"
 
 
 LINEAR = [f"blocks.{i}.{part}" for i in range(card["config"]["n_layer"])
           for part in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.up_proj", "mlp.down_proj")]
 ADAPTED = [n for n in LINEAR if n.endswith(TARGETS)]
 W0 = {n: base.model.get_submodule(n).weight.data.astype(np.float64) for n in LINEAR}
-base_loss = comedy_loss(base.model)
+base_loss = comedy_loss(base.model, "base")
 print(f"base model, held-out comedy loss: {base_loss:.4f}")
 print(f"{len(LINEAR)} linear projections, {len(ADAPTED)} of them adapted by LoRA: {', '.join(ADAPTED)}")
 
@@ -85,7 +106,14 @@ print(f"{len(LINEAR)} linear projections, {len(ADAPTED)} of them adapted by LoRA
 # number of AdamW steps with the same schedule and gradient clipping, and have no weight decay,
 # so that a weight change is only what the gradients asked for. Full fine-tuning trains all
 # parameters at lr 3e-4; LoRA freezes the base and trains A and B on q_proj and v_proj at
-# lr 5e-3 with alpha = 2r, so the scaling alpha/r is 2 at every rank.
+# lr 5e-3 with alpha fixed at 16 (scaling 16/r), as Hu et al. (2021) do: with B starting at zero,
+# the part of the first updates that follows the gradient then has the same size at every rank,
+# so one learning rate (tuned at r = 8) serves every rank (chapter 05 measures this).
+#
+# Each LoRA run draws its A from its own seed (`manual_seed(1000 * seed + r)`), so no two runs
+# share a random start, not even a prefix of one: with one seed for all ranks, the first 8 rows
+# of the r = 64 adapter's first A would be the r = 8 adapter's A. The batches are the same for
+# every rank (sampler seed 0); the second r = 8 run also gets other batches (sampler seed 1).
 
 # %%
 def finetune(model, lr, seed=SEED, desc="train"):
@@ -101,10 +129,11 @@ def finetune(model, lr, seed=SEED, desc="train"):
 
 full = load_base("shakespeare").model
 seconds, hist = finetune(full, LR_FULL, desc="full")
-full_loss = comedy_loss(full)
+full_loss = comedy_loss(full, "full")
 n_full = sum(p.size for p in full.parameters())
 print(f"full fine-tuning: {STEPS} steps in {seconds:.0f} s, {n_full:,} trainable parameters")
-print(f"  held-out comedy loss: base {base_loss:.4f} -> full fine-tuning {full_loss:.4f}")
+print(f"  held-out comedy loss: base {base_loss:.4f} -> full fine-tuning {full_loss:.4f} "
+      f"(paired difference {vs('full', 'base')})")
 
 dW = {n: full.get_submodule(n).weight.data.astype(np.float64) - W0[n] for n in LINEAR}
 
@@ -114,15 +143,15 @@ lora_runs = {}  # (r, seed) -> dict(loss, A, delta, seconds, trainable)
 
 def train_lora(r, seed):
     model = load_base("shakespeare").model
-    tl.manual_seed(seed)  # A's random init
-    lora.apply_lora(model, lora.LoRAConfig(r=r, alpha=2 * r, target_modules=TARGETS))
+    tl.manual_seed(1000 * seed + r)  # A's random init: its own stream for every run
+    lora.apply_lora(model, lora.LoRAConfig(r=r, alpha=ALPHA, target_modules=TARGETS))
     trainable = lora.count_parameters(model)["trainable"]
     layers = dict(lora.lora_layers(model))
     A0 = {n: layers[n].lora_A.data.astype(np.float64) for n in ADAPTED}  # before training
     seconds, _ = finetune(model, LR_LORA, seed=seed, desc=f"lora r={r}")
     moved = np.mean([np.linalg.norm(layers[n].lora_A.data - A0[n]) / np.linalg.norm(A0[n]) for n in ADAPTED])
-    return dict(loss=comedy_loss(model), seconds=seconds, trainable=trainable, moved=moved,
-                A={n: layers[n].lora_A.data.astype(np.float64) for n in ADAPTED},
+    return dict(loss=comedy_loss(model, f"lora r={r} seed {seed}"), seconds=seconds, trainable=trainable, moved=moved,
+                A={n: layers[n].lora_A.data.astype(np.float64) for n in ADAPTED}, A0=A0,
                 delta={n: layers[n].adapters[layers[n].active].delta().astype(np.float64) for n in ADAPTED})
 
 
@@ -135,6 +164,8 @@ print(f"{f'LoRA r={R_SMALL} seed {SEED + 1}':>16} {run['trainable']:>10,} {run['
       f"{run['moved']:>16.2f}")
 print(f"{'full FT':>16} {n_full:>10,} {seconds:>8.0f} {full_loss:>12.4f}")
 print("(|A - A0| / |A0|: how far training moved A from its random start, mean over the adapted matrices)")
+print(f"two seeds at r = {R_SMALL}: seed {SEED + 1} minus seed {SEED}: "
+      f"{vs(f'lora r={R_SMALL} seed {SEED + 1}', f'lora r={R_SMALL} seed {SEED}')} (paired, ±2 SE over {N_EVAL} windows)")
 
 # %% [markdown]
 # ## 3. The spectrum of each full fine-tuning change
@@ -264,7 +295,7 @@ def with_weights(model, weights):
 
 
 qv_only = with_weights(load_base("shakespeare").model, {n: W0[n] + dW[n] for n in ADAPTED})
-qv_full_loss = comedy_loss(qv_only)
+qv_full_loss = comedy_loss(qv_only, "full qv")
 B_, A_ = lowrank.lora_from_delta(dW[ADAPTED[0]], 4)
 assert np.allclose(B_ @ A_, lowrank.low_rank_approx(dW[ADAPTED[0]], 4))  # the same rank-r matrix
 
@@ -273,9 +304,9 @@ trunc_qv, trunc_all = {}, {}
 for r in RANKS:
     m = with_weights(load_base("shakespeare").model,
                      {n: W0[n] + lowrank.low_rank_approx(dW[n], r) for n in ADAPTED})
-    trunc_qv[r] = comedy_loss(m)
+    trunc_qv[r] = comedy_loss(m, f"qv cut {r}")
     m = with_weights(full, {n: W0[n] + lowrank.low_rank_approx(dW[n], r) for n in LINEAR})
-    trunc_all[r] = comedy_loss(m)
+    trunc_all[r] = comedy_loss(m, f"all cut {r}")
 with_weights(full, {n: W0[n] + dW[n] for n in LINEAR})  # put full fine-tuning back
 
 def gain(loss):
@@ -286,10 +317,13 @@ print(f"base: {base_loss:.4f} | full fine-tuning (all parameters): {full_loss:.4
 print(f"base + untruncated q,v deltas of full FT: {qv_full_loss:.4f} ({gain(qv_full_loss):.1%} of full FT's gain)")
 print(f"full FT with every linear delta removed (r = 0): {no_linear_loss:.4f} ({gain(no_linear_loss):.1%} of the gain)")
 print(f"{'r':>3} {'LoRA at r':>10} {'(gain)':>7} {'full FT q,v cut to r':>21} {'(gain)':>7} "
-      f"{'full FT, all linear cut to r':>29} {'(gain)':>7}")
+      f"{'full FT, all linear cut to r':>29} {'(gain)':>7} {'LoRA minus all-cut, ±2 SE':>26}")
 for r in RANKS:
     a, b, c = lora_runs[r, SEED]["loss"], trunc_qv[r], trunc_all[r]
-    print(f"{r:>3} {a:>10.4f} {gain(a):>7.1%} {b:>21.4f} {gain(b):>7.1%} {c:>29.4f} {gain(c):>7.1%}")
+    print(f"{r:>3} {a:>10.4f} {gain(a):>7.1%} {b:>21.4f} {gain(b):>7.1%} {c:>29.4f} {gain(c):>7.1%} "
+          f"{vs(f'lora r={r} seed {SEED}', f'all cut {r}'):>26}")
+print(f"LoRA r={RANKS[0]} minus base + untruncated full FT q,v deltas: {vs(f'lora r={RANKS[0]} seed {SEED}', 'full qv')}")
+print(f"full FT, all deltas cut to r={RANKS[-2]}, minus full FT: {vs(f'all cut {RANKS[-2]}', 'full')}")
 
 # %%
 fig, ax = plt.subplots(figsize=(11, 4.6))
@@ -321,6 +355,14 @@ plt.show()
 # subspaces of R^d the expected value is max(i, j) / d, so the baseline rises with j: two
 # random subspaces of dimensions 1 and 64 in R^128 already overlap by 0.5 on average. The
 # baseline below is measured: the same φ on Gaussian random matrices of the same shapes.
+#
+# **What to compare.** A itself still carries its random start: section 2 printed how far
+# training moved it (‖A − A0‖ / ‖A0‖), and the random part is not small. Two runs' A matrices
+# could look alike only because of what they started from, or unalike only because their random
+# starts differ. So we compare what training *learned*, in two forms: the change of A, A − A0,
+# and the input directions of the adapter's whole change s B A (its top right-singular vectors,
+# which is what `lora_from_delta(delta, r)` puts in its A). For full fine-tuning the same input
+# directions are the top right-singular vectors of its ΔW. The raw A is kept as a third column.
 
 # %%
 def random_phi(shape1, shape2):
@@ -328,9 +370,18 @@ def random_phi(shape1, shape2):
                     for _ in range(RANDOM_DRAWS)], axis=0)
 
 
-a_small, a_big, a_seed = (lora_runs[R_SMALL, SEED]["A"], lora_runs[R_BIG, SEED]["A"],
-                          lora_runs[R_SMALL, SEED + 1]["A"])
-d_in = a_small[ADAPTED[0]].shape[1]
+def learned(run, form):
+    """Per adapted matrix: the raw A, the change A - A0, or the top input directions of s B A."""
+    if form == "A":
+        return run["A"]
+    if form == "A - A0":
+        return {n: run["A"][n] - run["A0"][n] for n in ADAPTED}
+    return {n: lowrank.lora_from_delta(run["delta"][n], run["A"][n].shape[0])[1] for n in ADAPTED}
+
+
+FORMS = ("A", "A - A0", "row space of s B A")
+small, big, other = lora_runs[R_SMALL, SEED], lora_runs[R_BIG, SEED], lora_runs[R_SMALL, SEED + 1]
+d_in = small["A"][ADAPTED[0]].shape[1]
 rand_rank = random_phi((R_SMALL, d_in), (R_BIG, d_in))
 rand_seed = random_phi((R_SMALL, d_in), (R_SMALL, d_in))
 formula = np.maximum(np.arange(1, R_SMALL + 1)[:, None], np.arange(1, R_BIG + 1)[None, :]) / d_in
@@ -338,62 +389,60 @@ print(f"random baseline, r={R_SMALL} vs r={R_BIG}: measured vs max(i, j)/{d_in},
       f"{np.abs(rand_rank - formula).max():.4f}")
 
 layer = f"blocks.{last}.attn.v_proj"
-phi_rank = lowrank.subspace_similarity_matrix(a_small[layer], a_big[layer])
-phi_seed = lowrank.subspace_similarity_matrix(a_small[layer], a_seed[layer])
-print(f"{layer}: phi(A_r={R_SMALL}, A_r={R_BIG}, i, j), rows i = 1..{R_SMALL}, first 8 columns j:")
+rows_ = learned(small, "row space of s B A")
+phi_rank = lowrank.subspace_similarity_matrix(rows_[layer], learned(big, "row space of s B A")[layer])
+phi_seed = lowrank.subspace_similarity_matrix(rows_[layer], learned(other, "row space of s B A")[layer])
+print(f"{layer}, row space of s B A: phi(r={R_SMALL}, r={R_BIG}, i, j), rows i = 1..{R_SMALL}, first 8 columns j:")
 print(phi_rank[:, :8])
-print(f"{layer}: phi(A_r={R_SMALL} seed {SEED}, A_r={R_SMALL} seed {SEED + 1}, i, j):")
+print(f"{layer}, row space of s B A: phi(r={R_SMALL} seed {SEED}, r={R_SMALL} seed {SEED + 1}, i, j):")
 print(phi_seed)
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(16, 4.2), layout="constrained",
                          gridspec_kw=dict(width_ratios=[3, 3, 1.3, 1.3]))
-panels = [(phi_rank, f"r={R_SMALL} vs r={R_BIG}, same seed", f"j (top-j of A_r={R_BIG})"),
+panels = [(phi_rank, f"r={R_SMALL} vs r={R_BIG}", f"j (top-j of r={R_BIG})"),
           (rand_rank, f"random {R_SMALL} x {d_in} vs {R_BIG} x {d_in}", "j"),
           (phi_seed, f"r={R_SMALL}: seed {SEED} vs {SEED + 1}", f"j (seed {SEED + 1})"),
           (rand_seed, "random vs random", "j")]
 for ax, (mat, title, xlabel) in zip(axes, panels):
     im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", aspect="auto",
                    extent=(0.5, mat.shape[1] + 0.5, mat.shape[0] + 0.5, 0.5))
-    ax.set(title=title, xlabel=xlabel, ylabel=f"i (top-i of A_r={R_SMALL})")
+    ax.set(title=title, xlabel=xlabel, ylabel=f"i (top-i of r={R_SMALL})")
     ax.set_yticks(range(1, mat.shape[0] + 1))
     if mat.shape[1] <= 8:
         ax.set_xticks(range(1, mat.shape[1] + 1))
 fig.colorbar(im, ax=axes, shrink=0.85, label="phi(i, j)")
-fig.suptitle(f"Subspace similarity of LoRA's A matrices, {layer}")
+fig.suptitle(f"Subspace similarity of the input directions LoRA learned (row space of s B A), {layer}")
 plt.show()
 
 # %% [markdown]
-# All 8 adapted matrices. Columns: φ(1, 1), the overlap of the single strongest direction;
-# φ(8, 8), the overlap of the whole r = 8 row space with the top 8 of the other; and the
-# random expectation for each. The last two columns ask whether LoRA at r = 8 found the
-# directions that full fine-tuning moved most: φ between A_r=8 and the top-8 right-singular
-# vectors of the full FT ΔW of the same matrix.
+# All 8 adapted matrices, mean φ(1, 1) (the single strongest direction) and φ(8, 8) (the whole
+# r = 8 subspace against the top 8 of the other), for each of the three forms and three
+# comparisons: r = 8 against r = 64 (independent starts, same batches), two r = 8 runs
+# (independent starts and batches), and r = 8 against the top input directions of full
+# fine-tuning's ΔW of the same matrix (the same for every form: full fine-tuning has no A).
 
 # %%
-rows = []
-top = {n: lowrank.lora_from_delta(dW[n], R_BIG)[1] for n in ADAPTED}  # the "A" of full FT: sqrt(s_i) v_i^T
-print(f"{'matrix':>22} | {'r8 vs r64':^15} | {'seed 0 vs 1':^15} | {'r8 vs full FT ΔW':^16}")
-print(f"{'':>22} | {'phi11':>7} {'phi88':>7} | {'phi11':>7} {'phi88':>7} | {'phi11':>7} {'phi88':>8}")
-for n in ADAPTED:
-    k = min(8, R_SMALL)
-    row = dict(name=n,
-               rank11=lowrank.subspace_similarity(a_small[n], a_big[n], 1, 1),
-               rank88=lowrank.subspace_similarity(a_small[n], a_big[n], k, k),
-               seed11=lowrank.subspace_similarity(a_small[n], a_seed[n], 1, 1),
-               seed88=lowrank.subspace_similarity(a_small[n], a_seed[n], k, k),
-               full11=lowrank.subspace_similarity(a_small[n], top[n], 1, 1),
-               full88=lowrank.subspace_similarity(a_small[n], top[n], k, k))
-    rows.append(row)
-    print(f"{n:>22} | {row['rank11']:>7.3f} {row['rank88']:>7.3f} | {row['seed11']:>7.3f} {row['seed88']:>7.3f} "
-          f"| {row['full11']:>7.3f} {row['full88']:>8.3f}")
-mean = {key: np.mean([row[key] for row in rows]) for key in rows[0] if key != "name"}
-print(f"{'mean':>22} | {mean['rank11']:>7.3f} {mean['rank88']:>7.3f} | {mean['seed11']:>7.3f} {mean['seed88']:>7.3f} "
-      f"| {mean['full11']:>7.3f} {mean['full88']:>8.3f}")
-print(f"{'random (measured)':>22} | {rand_rank[0, 0]:>7.3f} {rand_rank[k - 1, k - 1]:>7.3f} | "
-      f"{rand_seed[0, 0]:>7.3f} {rand_seed[k - 1, k - 1]:>7.3f} | {rand_seed[0, 0]:>7.3f} {rand_seed[k - 1, k - 1]:>8.3f}")
-print(f"{'random (max(i,j)/d)':>22} | {1 / d_in:>7.4f} {k / d_in:>7.4f} | {1 / d_in:>7.4f} {k / d_in:>7.4f} "
-      f"| {1 / d_in:>7.4f} {k / d_in:>8.4f}")
+k = min(8, R_SMALL)
+top = {n: lowrank.lora_from_delta(dW[n], R_BIG)[1] for n in ADAPTED}  # full FT's input directions
+phi = {}
+for form in FORMS:
+    a_small, a_big, a_seed = learned(small, form), learned(big, form), learned(other, form)
+    for label, other_ in (("r8 vs r64", a_big), ("seed 0 vs 1", a_seed), ("r8 vs full FT", top)):
+        for i in (1, k):
+            phi[form, label, i] = np.mean([lowrank.subspace_similarity(a_small[n], other_[n], i, i) for n in ADAPTED])
+print(f"{'form':>20} | {'r8 vs r64':^15} | {'seed 0 vs 1':^15} | {'r8 vs full FT':^15}")
+print(f"{'':>20} | {'phi11':>7} {'phi88':>7} | {'phi11':>7} {'phi88':>7} | {'phi11':>7} {'phi88':>7}")
+for form in FORMS:
+    print(f"{form:>20} | " + " | ".join(f"{phi[form, lab, 1]:>7.3f} {phi[form, lab, k]:>7.3f}"
+                                       for lab in ("r8 vs r64", "seed 0 vs 1", "r8 vs full FT")))
+print(f"{'random (measured)':>20} | {rand_rank[0, 0]:>7.3f} {rand_rank[k - 1, k - 1]:>7.3f} | "
+      f"{rand_seed[0, 0]:>7.3f} {rand_seed[k - 1, k - 1]:>7.3f} | {rand_seed[0, 0]:>7.3f} {rand_seed[k - 1, k - 1]:>7.3f}")
+print(f"{'random (max(i,j)/d)':>20} | {1 / d_in:>7.4f} {k / d_in:>7.4f} | {1 / d_in:>7.4f} {k / d_in:>7.4f} "
+      f"| {1 / d_in:>7.4f} {k / d_in:>7.4f}")
+per_matrix = [lowrank.subspace_similarity(learned(small, FORMS[2])[n], learned(big, FORMS[2])[n], 1, 1) for n in ADAPTED]
+print(f"row space of s B A, r8 vs r64, phi(1, 1) per matrix: "
+      + ", ".join(f"{n.replace('blocks.', 'b').replace('attn.', '')} {v:.3f}" for n, v in zip(ADAPTED, per_matrix)))
 
 # %% [markdown]
 # ## 7. Amplification: does ΔW boost directions W already uses?
@@ -452,14 +501,33 @@ for r in RANKS:
     print(f"    r = {r:>2}: {lora_runs[r, SEED]['loss']:.4f} | {trunc_qv[r]:.4f} | {trunc_all[r]:.4f}")
 print(f"  LoRA r={R_SMALL}, seed {SEED + 1}: {lora_runs[R_SMALL, SEED + 1]['loss']:.4f}; "
       f"A moved from its random start by |A - A0| / |A0| = {lora_runs[R_SMALL, SEED]['moved']:.2f} (r={R_SMALL})")
-print(f"  subspace similarity of A (mean over {len(ADAPTED)} matrices) vs random:")
-print(f"    r={R_SMALL} vs r={R_BIG}: phi(1,1) {mean['rank11']:.3f} (random {rand_rank[0, 0]:.3f}), "
-      f"phi(8,8) {mean['rank88']:.3f} (random {rand_rank[k - 1, k - 1]:.3f})")
-print(f"    seed {SEED} vs {SEED + 1} at r={R_SMALL}: phi(1,1) {mean['seed11']:.3f} (random {rand_seed[0, 0]:.3f}), "
-      f"phi(8,8) {mean['seed88']:.3f} (random {rand_seed[k - 1, k - 1]:.3f})")
-print(f"    LoRA r={R_SMALL} vs full FT dW top-8: phi(1,1) {mean['full11']:.3f}, phi(8,8) {mean['full88']:.3f}")
+print(f"  subspace similarity of the row space of s B A (mean over {len(ADAPTED)} matrices) vs random:")
+F_ = FORMS[2]
+print(f"    r={R_SMALL} vs r={R_BIG}: phi(1,1) {phi[F_, 'r8 vs r64', 1]:.3f} (random {rand_rank[0, 0]:.3f}), "
+      f"phi(8,8) {phi[F_, 'r8 vs r64', k]:.3f} (random {rand_rank[k - 1, k - 1]:.3f})")
+print(f"    seed {SEED} vs {SEED + 1} at r={R_SMALL}: phi(1,1) {phi[F_, 'seed 0 vs 1', 1]:.3f} (random {rand_seed[0, 0]:.3f}), "
+      f"phi(8,8) {phi[F_, 'seed 0 vs 1', k]:.3f} (random {rand_seed[k - 1, k - 1]:.3f})")
+print(f"    LoRA r={R_SMALL} vs full FT dW top-8: phi(1,1) {phi[F_, 'r8 vs full FT', 1]:.3f}, "
+      f"phi(8,8) {phi[F_, 'r8 vs full FT', k]:.3f}")
 print(f"  W projected on the top-{k} directions (mean ||U^T W V||_F): of W itself {np.mean(amp['proj_own']):.3f}, "
       f"of full FT dW {np.mean(amp['proj_full']):.3f}, of LoRA r={R_SMALL} {np.mean(amp['proj_lora']):.3f}, "
       f"random {np.mean(amp['proj_rand']):.3f}")
 print(f"  amplification factor at r = {k} (mean): full FT dW {np.mean(amp['full']):.3f}, "
       f"LoRA r={R_SMALL} delta {np.mean(amp['lora']):.3f}")
+
+# %% [markdown]
+# ## 9. Try it
+#
+# 1. Turn weight decay on (`WEIGHT_DECAY = 0.1`) for full fine-tuning and look at the spectrum of
+#    one ΔW again: how much of it is now a shrunken copy of W?
+# 2. Truncate only the MLP deltas of full fine-tuning (up_proj, down_proj) to rank 8 and keep the
+#    rest: is the loss closer to the all-cut or to the untouched model?
+# 3. Compare the learned input directions of two LoRA runs that differ only in their batches
+#    (same init seed, another sampler seed): does the data or the start decide the directions?
+
+# %%
+# Try it 2: full fine-tuning with only its MLP deltas cut to rank 8
+mlp = [n for n in LINEAR if "mlp" in n]
+m = with_weights(full, {n: W0[n] + lowrank.low_rank_approx(dW[n], 8) for n in mlp})
+print(f"MLP deltas cut to rank 8: {comedy_loss(m):.4f} (full fine-tuning {full_loss:.4f}, all cut to 8 {trunc_all[8]:.4f})")
+with_weights(full, {n: W0[n] + dW[n] for n in LINEAR})  # put full fine-tuning back

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..nn.checks import flag, integer, number
+
 INITS = ("kaiming", "gaussian", "pissa")
 BIAS_MODES = ("none", "all", "lora_only")
 
@@ -52,12 +54,9 @@ class LoRAConfig:
     dora: bool = False  # DoRA (Liu et al. 2024): a trained magnitude per output row; PEFT's use_dora
 
     def __post_init__(self):
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"LoRAConfig: r must be a positive integer, got {self.r!r}")
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or self.alpha <= 0:
-            raise ValueError(f"LoRAConfig: alpha must be a positive number, got {self.alpha!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRAConfig: dropout must be in [0, 1), got {self.dropout!r}")
+        self.r = integer("LoRAConfig", "r", self.r, 1)
+        self.alpha = number("LoRAConfig", "alpha", self.alpha, 0, above=True)
+        self.dropout = number("LoRAConfig", "dropout", self.dropout, 0.0, 1.0, below=True)
         if self.init not in INITS:
             raise ValueError(f"LoRAConfig: init must be one of {', '.join(INITS)}, got {self.init!r}")
         check_bias("LoRAConfig", self.bias)
@@ -66,11 +65,10 @@ class LoRAConfig:
             raise ValueError("LoRAConfig: target_modules is empty; name at least one module")
         self.exclude_modules = check_patterns("exclude_modules", self.exclude_modules)
         self.modules_to_save = tuple(check_patterns("modules_to_save", self.modules_to_save) or ())
-        self.rslora = bool(self.rslora)
-        if not isinstance(self.dora, bool):
-            raise ValueError(f"LoRAConfig: dora must be True or False, got {self.dora!r}")
-        self.rank_pattern = _pattern_dict("rank_pattern", self.rank_pattern, integer=True)
-        self.alpha_pattern = _pattern_dict("alpha_pattern", self.alpha_pattern, integer=False)
+        self.rslora = flag("LoRAConfig", "rslora", self.rslora)
+        self.dora = flag("LoRAConfig", "dora", self.dora)
+        self.rank_pattern = _pattern_dict("rank_pattern", self.rank_pattern, integer_values=True)
+        self.alpha_pattern = _pattern_dict("alpha_pattern", self.alpha_pattern, integer_values=False)
 
     @property
     def scaling(self) -> float:
@@ -208,10 +206,11 @@ def check_patterns(field_name: str, value):
     return names
 
 
-def _pattern_dict(field_name: str, value, integer: bool) -> dict:
-    """{regex: positive int (rank) or number (alpha)}, checked."""
+def _pattern_dict(field_name: str, value, integer_values: bool) -> dict:
+    """{regex: rank (an integer >= 1) or alpha (a number > 0)}, checked."""
     if not isinstance(value, dict):
         raise ValueError(f"LoRAConfig: {field_name} must be a dict {{pattern: value}}, got {value!r}")
+    out = {}
     for k, v in value.items():
         if not isinstance(k, str) or not k:
             raise ValueError(f"LoRAConfig: {field_name} keys must be non-empty strings, got {k!r}")
@@ -221,11 +220,13 @@ def _pattern_dict(field_name: str, value, integer: bool) -> dict:
             raise ValueError(
                 f"LoRAConfig: {field_name} key {k!r} is not a valid regular expression: {e}"
             ) from None
-        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-        if isinstance(v, bool) or not ok or v <= 0:
-            kind = "positive integer" if integer else "positive number"
-            raise ValueError(f"LoRAConfig: {field_name}[{k!r}] must be a {kind}, got {v!r}")
-    return dict(value)
+        name = f"{field_name}[{k!r}]"
+        out[k] = (
+            integer("LoRAConfig", name, v, 1)
+            if integer_values
+            else number("LoRAConfig", name, v, 0, above=True)
+        )
+    return out
 
 
 def _pattern_value(patterns: dict, name: str, default):

@@ -400,7 +400,7 @@ def _check_fingerprint(saved: dict, params: dict, directory) -> None:
         isinstance(e, dict) and isinstance(e.get("shape"), list) and isinstance(e.get("sha256"), str)
         for e in modules.values()
     ):
-        raise AdapterFileError(f"{str(directory)!r}: the fingerprint in {CONFIG_NAME} is malformed")
+        raise AdapterFileError(f"{str(directory)!r}: the fingerprint saved with the adapter is malformed")
     structural, weights = [], []  # missing or mis-shaped parameters first: they say the most
     for name, entry in modules.items():
         if name not in params:

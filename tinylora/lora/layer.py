@@ -6,6 +6,10 @@ For the active adapter with A (r, in), B (out, r) and scaling s = alpha / r:
 
 B starts at zero, so a new adapter leaves the output unchanged; only A and B get
 gradients, and the frozen W never has its weight-gradient matmul computed at all.
+
+Tied weights: when W is also used by another module (a GPT's lm_head tied to tok_emb), the
+unmerged adapter changes only this layer's output; merging and a PiSSA init would write into
+the shared W, so they are refused with how to untie.
 """
 
 from __future__ import annotations
@@ -33,6 +37,17 @@ def digest(*arrays) -> str:
         h.update(f"{host.shape}{host.dtype.str}".encode())
         h.update(host.tobytes())
     return h.hexdigest()
+
+
+def tied_weight_error(what: str, name: str, others) -> RuntimeError:
+    """Why `what` (merging, a PiSSA init) is refused on a weight shared with `others`, and how to untie."""
+    others = ", ".join(others)
+    return RuntimeError(
+        f"{what} would change the weight of {name}, and that weight is the same Parameter as {others} "
+        f"(tied weights), so {others} would change too. An unmerged adapter is fine (it changes only "
+        "this layer's output); to merge or use PiSSA, untie first: before apply_lora, give the layer "
+        "its own copy, e.g. model.lm_head.weight = nn.Parameter(model.lm_head.weight.data.copy())"
+    )
 
 
 class Adapter(Module):
@@ -98,6 +113,7 @@ class LoRALayer(Module):
         self.active = None  # name of the adapter in use, or None
         self.merged = None  # name of the adapter folded into base.weight, or None
         self.disabled = False
+        self.tied_to = ()  # other modules' names for base.weight (tied weights); set by apply_lora
 
     def _adapter(self):
         if self.active is None:
@@ -156,6 +172,7 @@ class LoRALayer(Module):
         """Fold the active adapter into base.weight (a second call does nothing)."""
         if self.merged is not None or self.active is None:
             return
+        self._refuse_if_tied("merging")
         w = self.base.weight
         w.data = self._adapter().merged_weight(w.data)
         self.merged = self.active
@@ -167,6 +184,11 @@ class LoRALayer(Module):
         w = self.base.weight
         w.data = self.adapters[self.merged].unmerged_weight(w.data)
         self.merged = None
+
+    def _refuse_if_tied(self, what: str) -> None:
+        """The tied-weight rule: nothing may write into a weight that another module also uses."""
+        if self.tied_to:
+            raise tied_weight_error(what, "this layer", self.tied_to)
 
     def extra_repr(self) -> str:
         state = f"active={self.active!r}" + (f", merged={self.merged!r}" if self.merged else "")
@@ -223,6 +245,7 @@ class LoRALinear(LoRALayer):
         else:  # "pissa": A, B from the top-r singular triplets of W; W keeps only the rest
             from ..lowrank import lora_from_delta
 
+            self._refuse_if_tied("a PiSSA init")
             if r > min(w.shape):
                 raise ValueError(f"pissa init: r={r} is larger than min{w.shape} of the weight")
             b0, a0 = lora_from_delta(w.data.astype(np.float64), r)  # b0 @ a0 = W's best rank-r part

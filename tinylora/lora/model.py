@@ -8,7 +8,7 @@ import copy
 from ..nn import Embedding, Linear, Module, ModuleDict
 from .config import LoRAConfig, check_adapter_name, check_bias, match_names
 from .embedding import LoRAEmbedding
-from .layer import LoRALayer, LoRALinear
+from .layer import LoRALayer, LoRALinear, tied_weight_error
 
 
 def lora_layers(model: Module) -> list:
@@ -16,11 +16,28 @@ def lora_layers(model: Module) -> list:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALayer)]
 
 
-def _wrap(mod: Module, adapter_name: str, settings) -> LoRALayer:
+def _wrap(mod: Module, adapter_name: str, settings, tied: tuple = ()) -> LoRALayer:
     """The adapted layer for a plain target: LoRAEmbedding for an nn.Embedding, else LoRALinear."""
     if isinstance(mod, Embedding):
-        return LoRAEmbedding(mod, adapter_name=adapter_name, config=settings)
-    return LoRALinear(mod, adapter_name=adapter_name, config=settings)
+        layer = LoRAEmbedding(mod, adapter_name=adapter_name, config=settings)
+    else:
+        layer = LoRALinear(mod, adapter_name=adapter_name, config=settings)
+    layer.tied_to = tied  # where else its weight is used: merging there is refused
+    return layer
+
+
+def tied_to(model: Module, name: str) -> tuple:
+    """Where else the weight of the layer `name` is used ("tok_emb.weight" for a tied lm_head)."""
+    mod = model.get_submodule(name)
+    weight = (mod.base if isinstance(mod, LoRALayer) else mod).weight
+    own = (name, f"{name}.base") if name else ("", "base")
+    return tuple(
+        f"{n}.{k}" if n else k
+        for n, m in model.named_modules()
+        if n not in own
+        for k, v in vars(m).items()
+        if v is weight
+    )
 
 
 class ModulesToSave(Module):
@@ -151,6 +168,14 @@ def attach_adapter(model: Module, name: str, plan: dict, modules_to_save=(), ext
     overlap = sorted(set(plan) & set(modules_to_save))
     if overlap:
         raise ValueError(f"{', '.join(overlap)} cannot be both a LoRA target and in modules_to_save")
+    for (
+        path,
+        settings,
+    ) in plan.items():  # PiSSA writes into W: refused on a tied one (an embedding refuses PiSSA itself)
+        mod = model.get_submodule(path)
+        linear = isinstance(mod.base if isinstance(mod, LoRALayer) else mod, Linear)
+        if settings.init == "pissa" and linear and tied_to(model, path):
+            raise tied_weight_error("a PiSSA init", path, tied_to(model, path))
     flags = {id(p): p.requires_grad for p in model.parameters()}
     done = []  # (path, the module there before, its weight array before) for a rollback
     try:
@@ -161,7 +186,7 @@ def attach_adapter(model: Module, name: str, plan: dict, modules_to_save=(), ext
             if isinstance(mod, (LoRALayer, ModulesToSave)):
                 mod.add_adapter(name, settings) if isinstance(mod, LoRALayer) else mod.add_adapter(name)
             else:
-                layer = _wrap(mod, name, settings)
+                layer = _wrap(mod, name, settings, tied_to(model, path))
                 layer.set_adapter(None)  # a plain layer stays plain until `name` is activated
                 model.set_submodule(path, layer)
         for path in modules_to_save:
@@ -306,9 +331,18 @@ def merge_lora(model: Module) -> Module:
         raise RuntimeError(
             "merge_lora inside disable_adapters(): the block promises base outputs; merge after it"
         )
+    _check_untied(model)
     for layer in layers:
         layer.merge()
     return model
+
+
+def _check_untied(model: Module) -> None:
+    """Refuse, before anything changes, to merge into a weight another module shares."""
+    for path, layer in lora_layers(model):
+        layer.tied_to = tied_to(model, path)  # as the model is now (it may have been untied since)
+        if layer.active is not None and layer.merged is None and layer.tied_to:
+            raise tied_weight_error("merging", path, layer.tied_to)
 
 
 def unmerge_lora(model: Module) -> Module:
@@ -320,6 +354,7 @@ def unmerge_lora(model: Module) -> Module:
 
 def merge_and_unload(model: Module) -> Module:
     """Merge the active adapters and put plain modules back (no LoRA left; saved modules keep the active copy)."""
+    _check_untied(model)
     for path, layer in _wrapped(model):
         if isinstance(layer, LoRALayer):
             layer.merge()

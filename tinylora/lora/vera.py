@@ -22,6 +22,7 @@ from .. import __version__, backend
 from .. import functional as F
 from ..io import WeightFileError, atomic_path, load_weights, read_metadata, save_weights
 from ..nn import Linear, Module, Parameter
+from ..nn.checks import integer, number
 from .config import check_patterns, match_names
 from .layer import LoRALayer
 
@@ -41,14 +42,11 @@ class VeRAConfig:
     modules_to_save: tuple = ()
 
     def __post_init__(self):
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+        self.r = integer("VeRAConfig", "r", self.r)
+        if self.r < 1:
             raise ValueError(f"VeRAConfig: r must be a positive integer, got {self.r!r}")
-        if isinstance(self.projection_prng_key, bool) or not isinstance(self.projection_prng_key, int):
-            raise ValueError(
-                f"VeRAConfig: projection_prng_key must be an integer, got {self.projection_prng_key!r}"
-            )
-        if isinstance(self.d_initial, bool) or not isinstance(self.d_initial, (int, float)):
-            raise ValueError(f"VeRAConfig: d_initial must be a number, got {self.d_initial!r}")
+        self.projection_prng_key = integer("VeRAConfig", "projection_prng_key", self.projection_prng_key)
+        self.d_initial = number("VeRAConfig", "d_initial", self.d_initial)
         if self.bias != "none" or self.modules_to_save:
             raise ValueError("VeRAConfig: only bias='none' and no modules_to_save are supported here")
         self.target_modules = check_patterns("target_modules", self.target_modules)
@@ -113,6 +111,7 @@ class VeRAAdapter(Module):
         super().__init__()
         self.config, self.r, self.dora, self.pissa_offset = config, config.r, False, None
         self.vera_A, self.vera_B = vera_A, vera_B  # shared by every layer: not Parameters, not saved
+        self._sliced = {}  # (backend, pair) -> (A[:, :in], B[:out]) on that backend
         self.in_features, self.out_features = in_features, out_features
         self.vera_lambda_d = Parameter(np.full((config.r,), config.d_initial, dtype))
         self.vera_lambda_b = Parameter(np.zeros((out_features,), dtype))
@@ -120,9 +119,12 @@ class VeRAAdapter(Module):
     def sliced(self, like):
         """A[:, :in] (r, in) and B[:out] (out, r), on the backend of `like`."""
         name = backend.backend_of(like)
-        a = backend.asarray(self.vera_A[:, : self.in_features], backend=name)
-        b = backend.asarray(self.vera_B[: self.out_features], backend=name)
-        return a, b
+        key = (name, id(self.vera_A), id(self.vera_B))
+        if key not in self._sliced:  # copied to the device once, not at every step
+            a = backend.asarray(self.vera_A[:, : self.in_features], backend=name)
+            b = backend.asarray(self.vera_B[: self.out_features], backend=name)
+            self._sliced = {key: (a, b)}
+        return self._sliced[key]
 
     def delta(self):
         """diag(b) B diag(d) A: the (out, in) change this adapter makes to the weight."""

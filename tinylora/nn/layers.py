@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
+from .checks import flag, integer, number
 from .module import Module, Parameter
 
 _random_init = [True]
@@ -49,10 +50,13 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32):
         super().__init__()
+        in_features = integer("Linear", "in_features", in_features)
+        out_features = integer("Linear", "out_features", out_features)
         if in_features < 1 or out_features < 1:
             raise ValueError(
                 f"Linear: sizes must be positive, got in_features={in_features}, out_features={out_features}"
             )
+        bias = flag("Linear", "bias", bias)
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform(a=sqrt(5)) reduces to this bound
         self.weight = Parameter(uniform((out_features, in_features), bound, dtype))
@@ -72,6 +76,8 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype=np.float32):
         super().__init__()
+        num_embeddings = integer("Embedding", "num_embeddings", num_embeddings, 1)
+        embedding_dim = integer("Embedding", "embedding_dim", embedding_dim, 1)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = Parameter(normal((num_embeddings, embedding_dim), 1.0, dtype))
 
@@ -87,7 +93,10 @@ class LayerNorm(Module):
 
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True, dtype=np.float32):
         super().__init__()
-        self.dim, self.eps = dim, eps
+        self.dim, self.eps = (
+            integer("LayerNorm", "dim", dim, 1),
+            number("LayerNorm", "eps", eps, 0, above=True),
+        )
         self.weight = Parameter(np.ones(dim, dtype))
         self.bias = Parameter(np.zeros(dim, dtype)) if bias else None
 
@@ -103,7 +112,7 @@ class RMSNorm(Module):
 
     def __init__(self, dim: int, eps: float = 1e-6, dtype=np.float32):
         super().__init__()
-        self.dim, self.eps = dim, eps
+        self.dim, self.eps = integer("RMSNorm", "dim", dim, 1), number("RMSNorm", "eps", eps, 0, above=True)
         self.weight = Parameter(np.ones(dim, dtype))
 
     def forward(self, x):
@@ -118,9 +127,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
-        self.p = p
+        self.p = number("Dropout", "p", p, 0.0, 1.0)
 
     def forward(self, x):
         return F.dropout(x, self.p, self.training)
@@ -134,6 +141,8 @@ class GELU(Module):
 
     def __init__(self, approximate: str = "tanh"):
         super().__init__()
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"GELU: approximate must be 'tanh' or 'none', got {approximate!r}")
         self.approximate = approximate
 
     def forward(self, x):
