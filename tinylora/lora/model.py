@@ -161,30 +161,16 @@ def attach_adapter(model: Module, name: str, plan: dict, modules_to_save=(), ext
     """Add adapter `name` with plan's settings to each module, and a trained copy of each of
     modules_to_save; all or nothing. Returns model; the active adapter does not change.
     extend=True lets an existing adapter `name` reach more modules (apply_lora called twice)."""
-    check_adapter_name(name)
-    if name in adapter_names(model) and not extend:
-        raise ValueError(f"adapter {name!r} already exists; delete_adapter first or pick another name")
-    check_unmerged(model, f"adding adapter {name!r}")
-    overlap = sorted(set(plan) & set(modules_to_save))
-    if overlap:
-        raise ValueError(f"{', '.join(overlap)} cannot be both a LoRA target and in modules_to_save")
-    for (
-        path,
-        settings,
-    ) in plan.items():  # PiSSA writes into W: refused on a tied one (an embedding refuses PiSSA itself)
-        mod = model.get_submodule(path)
-        linear = isinstance(mod.base if isinstance(mod, LoRALayer) else mod, Linear)
-        if settings.init == "pissa" and linear and tied_to(model, path):
-            raise tied_weight_error("a PiSSA init", path, tied_to(model, path))
+    _check_attach(model, name, plan, modules_to_save, extend)
     flags = {id(p): p.requires_grad for p in model.parameters()}
     done = []  # (path, the module there before, its weight array before) for a rollback
     try:
         for path, settings in plan.items():
             mod = model.get_submodule(path)
-            base = mod.base if isinstance(mod, (LoRALayer, ModulesToSave)) else mod
+            base = mod.base if isinstance(mod, LoRALayer) else mod
             done.append((path, mod, base.weight.data if settings.init == "pissa" else None))
-            if isinstance(mod, (LoRALayer, ModulesToSave)):
-                mod.add_adapter(name, settings) if isinstance(mod, LoRALayer) else mod.add_adapter(name)
+            if isinstance(mod, LoRALayer):
+                mod.add_adapter(name, settings)
             else:
                 layer = _wrap(mod, name, settings, tied_to(model, path))
                 layer.set_adapter(None)  # a plain layer stays plain until `name` is activated
@@ -195,26 +181,45 @@ def attach_adapter(model: Module, name: str, plan: dict, modules_to_save=(), ext
                 continue
             done.append((path, mod, None))
             if not isinstance(mod, ModulesToSave):
-                wrapper = ModulesToSave(mod)
-                model.set_submodule(path, wrapper)
-                mod = wrapper
+                mod = ModulesToSave(mod)
+                model.set_submodule(path, mod)
             mod.add_adapter(name)
     except Exception as e:
-        for path, before, weight in reversed(done):
-            now = model.get_submodule(path)
-            if name in getattr(now, "adapters", ()):
-                del now.adapters[name]
-            if now is not before:
-                model.set_submodule(path, before)
-            if weight is not None:
-                target = before.base if isinstance(before, LoRALayer) else before
-                target.weight.data = weight
-        for p in model.parameters():
-            p.requires_grad = flags.get(id(p), p.requires_grad)
+        _rollback(model, name, done, flags)
         if isinstance(e, ValueError) and done and done[-1][0] not in str(e):
             raise ValueError(f"{done[-1][0]}: {e}") from None  # name the module that failed
         raise
     return model
+
+
+def _check_attach(model: Module, name: str, plan: dict, modules_to_save, extend: bool) -> None:
+    """What attach_adapter checks before anything changes."""
+    check_adapter_name(name)
+    if name in adapter_names(model) and not extend:
+        raise ValueError(f"adapter {name!r} already exists; delete_adapter first or pick another name")
+    check_unmerged(model, f"adding adapter {name!r}")
+    overlap = sorted(set(plan) & set(modules_to_save))
+    if overlap:
+        raise ValueError(f"{', '.join(overlap)} cannot be both a LoRA target and in modules_to_save")
+    for path, settings in plan.items():  # PiSSA writes into W (an embedding refuses PiSSA itself)
+        mod = model.get_submodule(path)
+        linear = isinstance(mod.base if isinstance(mod, LoRALayer) else mod, Linear)
+        if settings.init == "pissa" and linear and tied_to(model, path):
+            raise tied_weight_error("a PiSSA init", path, tied_to(model, path))
+
+
+def _rollback(model: Module, name: str, done: list, flags: dict) -> None:
+    """Undo a part-way attach_adapter: modules, PiSSA's weights and requires_grad as they were."""
+    for path, before, weight in reversed(done):
+        now = model.get_submodule(path)
+        if name in getattr(now, "adapters", ()):
+            del now.adapters[name]
+        if now is not before:
+            model.set_submodule(path, before)
+        if weight is not None:
+            (before.base if isinstance(before, LoRALayer) else before).weight.data = weight
+    for p in model.parameters():
+        p.requires_grad = flags.get(id(p), p.requires_grad)
 
 
 def apply_lora(model: Module, config: LoRAConfig, adapter_name: str = "default") -> Module:
