@@ -10,7 +10,7 @@ otherwise steal a core from the next library's BLAS threads). Rounds are interle
 machine noise hits every variant alike; each time is the median over rounds, and each ratio
 the median over rounds of the ratio within a round. A shared VM changes speed in spells of
 seconds (both libraries slow down then, tinylora more), so the best single step of each
-variant, the machine at its quietest, is shown beside the median. "tinylora floor" trains
+variant, the machine at its quietest, is shown beside the median. "tinylora bias-only" trains
 only the q_proj and v_proj biases: LoRA's backward with adapters that cost nothing, the
 least a LoRA step on q and v could take. --profile prints where tinylora's time goes
 (cProfile, by function).
@@ -26,7 +26,7 @@ from tinylora import bench
 
 
 def measure(impl: str, mode: str, r: int, width: int, steps: int) -> dict:
-    """Step times (median_ms, min_ms, ...) of one variant (mode full|lora|floor), in a fresh process."""
+    """Step times (median_ms, min_ms, ...) of one variant (mode full|lora|bias-only), in a fresh process."""
     spec = {
         "model": "gpt",
         "mode": mode,
@@ -51,8 +51,8 @@ def main():
     torch = bench.torch_module()
     print(bench.machine_info(torch))
     variants = {
-        f"tinylora {mode}": ("tinylora", mode) for mode in ("full", "lora", "floor")
-    }  # floor: see above
+        f"tinylora {mode}": ("tinylora", mode) for mode in ("full", "lora", "bias-only")
+    }  # bias-only: see above
     if torch is not None:
         variants.update({f"pytorch {mode}": ("pytorch", mode) for mode in ("full", "lora")})
     rounds = {k: [] for k in variants}
@@ -77,7 +77,7 @@ def main():
         print(f"  tinylora / pytorch, LoRA: {ratio('tinylora lora', 'pytorch lora')}")
         print(f"  LoRA / full, pytorch:     {ratio('pytorch lora', 'pytorch full')}")
     print(f"  LoRA / full, tinylora:    {ratio('tinylora lora', 'tinylora full')}")
-    print(f"  floor / full, tinylora:   {ratio('tinylora floor', 'tinylora full')}")
+    print(f"  bias-only / full, tinylora: {ratio('tinylora bias-only', 'tinylora full')}")
     if args.profile:
         problem = bench.gpt_problem(n_embd=args.width)
         for name, r in (("tinylora full", None), ("tinylora lora", args.lora_r)):

@@ -124,6 +124,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-quantized", action="store_true")
     args = ap.parse_args()
+    tl.keep_freed_memory()  # as `tinylora bench` does: freed blocks are reused, not page-faulted in again
     blas = tl.backend.blas_info()
     print(
         f"tinylora {tl.__version__} | numpy {np.__version__} | {blas['library']} {blas['threads']} threads"

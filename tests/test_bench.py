@@ -23,11 +23,11 @@ def after_steps(make, n=3):
     return step.params()
 
 
-def test_tinylora_mlp_step_matches_the_hand_written_floor():
-    ours, floor = after_steps(bench.mlp_tinylora_step), after_steps(bench.mlp_floor_step)
+def test_tinylora_mlp_step_matches_the_hand_written_step():
+    ours, by_hand = after_steps(bench.mlp_tinylora_step), after_steps(bench.mlp_handwritten_step)
     start = small_problem()["weights"]
-    assert len(ours) == len(floor) == 6
-    for a, b in zip(ours, floor):
+    assert len(ours) == len(by_hand) == 6
+    for a, b in zip(ours, by_hand):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert not np.allclose(ours[0], start[0])  # the step did move the weights
 
@@ -63,20 +63,20 @@ def test_measure_runs_a_spec_in_its_own_process_and_reports_failures():
     spec = {
         "model": "mlp",
         "mode": "full",
-        "impl": "floor",
+        "impl": "handwritten",
         "backend": "numpy",
         "width": 512,
         "steps": 2,
         "warmup": 0,
     }
     row = bench.measure_isolated(spec)
-    assert row["impl"] == "floor" and row["steps"] == 2 and 0 < row["min_ms"] <= row["median_ms"]
+    assert row["impl"] == "handwritten" and row["steps"] == 2 and 0 < row["min_ms"] <= row["median_ms"]
     with pytest.raises(RuntimeError, match="benchmark nonsense mlp failed"):
         bench.measure_isolated(dict(spec, impl="nonsense"))
 
 
-def test_the_gpt_floor_step_trains_only_the_q_and_v_biases():
-    step = bench.make_step({"model": "gpt", "impl": "tinylora", "mode": "floor", "width": 16})
+def test_the_gpt_bias_only_step_trains_only_the_q_and_v_biases():
+    step = bench.make_step({"model": "gpt", "impl": "tinylora", "mode": "bias-only", "width": 16})
     n_layer = bench.GPT_SHAPE["n_layer"]
     assert step.trainable == 2 * n_layer * 16  # q_proj.bias and v_proj.bias of every block
     params = [p for g in step.optimizer.param_groups for p in g["params"]]
@@ -84,3 +84,33 @@ def test_the_gpt_floor_step_trains_only_the_q_and_v_biases():
     step()
     changed = [p for p, b in zip(params, before) if not np.array_equal(p.numpy(), b)]
     assert len(changed) == 2 * n_layer and all(p.ndim == 1 and p.requires_grad for p in changed)
+
+
+def test_pytorch_runs_on_cuda_when_tinylora_runs_on_cupy(monkeypatch):
+    for name, device in (("numpy", "cpu"), ("cupy", "cuda")):
+        monkeypatch.setattr(bench.peers.backend, "get_backend", lambda name=name: name)
+        assert bench.torch_device() == device
+
+
+def test_ratios_name_each_baseline_and_the_gpu_speed_up():
+    rows = [
+        dict(model="gpt", mode=m, width=64, backend=b, impl=i, median_ms=ms)
+        for m, b, i, ms in [
+            ("full", "numpy", "tinylora", 100.0),
+            ("lora", "numpy", "tinylora", 75.0),
+            ("bias-only", "numpy", "tinylora", 70.0),
+            ("full", "cupy", "tinylora", 4.0),
+            ("full", "cupy", "pytorch", 2.0),
+        ]
+    ] + [
+        dict(model="mlp", mode="full", width=512, backend="numpy", impl=i, median_ms=ms)
+        for i, ms in [("tinylora", 5.0), ("handwritten", 4.0)]
+    ]
+    got = {(r["what"], r["mode"], r["backend"]): round(r["ratio"], 3) for r in bench.ratios(rows)}
+    assert got == {
+        ("LoRA / full (tinylora)", "lora", "numpy"): 0.75,
+        ("bias-only / full (tinylora)", "bias-only", "numpy"): 0.7,
+        ("numpy / cupy (tinylora)", "full", "cupy"): 25.0,
+        ("tinylora / pytorch", "full", "cupy"): 2.0,
+        ("tinylora / handwritten", "full", "numpy"): 1.25,
+    }

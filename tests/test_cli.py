@@ -202,7 +202,7 @@ def test_bench_json_has_the_documented_fields():
         assert r["peak_step_bytes"] > 0
     lora32 = next(r for r in gpt if r["mode"] == "lora" and r["width"] == 32)
     assert lora32["trainable_params"] == 4 * 2 * 8 * (32 + 32)  # 4 layers, q and v, r = 8
-    assert any(r["impl"] == "floor" for r in rows)
+    assert any(r["impl"] == "handwritten" for r in rows)
     assert any(r["what"] == "LoRA / full (tinylora)" for r in report["ratios"])
     assert all(r["median_ms"] > 0 for r in rows)
 
@@ -210,7 +210,7 @@ def test_bench_json_has_the_documented_fields():
 def test_bench_table_prints_ratios():
     out = run("bench", "--steps", "1", "--warmup", "0", "--width", "32", "--rounds", "1")
     assert out.returncode == 0, out.stderr
-    assert "tinylora / floor" in out.stdout and "LoRA / full (tinylora)" in out.stdout
+    assert "tinylora / handwritten" in out.stdout and "LoRA / full (tinylora)" in out.stdout
 
 
 def test_pretrain_digits_into_a_folder_reproduces_a_loadable_base(tmp_path):

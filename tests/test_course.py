@@ -24,6 +24,14 @@ PLANNED = [
     "11-a-real-pretrained-model",
     "12-the-lora-family",
 ]
+APPENDICES = sorted((ROOT / "chapters").glob("appendix-*.md"))
+# chapters that end with "## Summary" (three take-aways) and "## Try it" (two or three exercises
+# whose starting cells are in the notebook's "## Try it" section); add a chapter once it does
+SUMMARY_AND_EXERCISES = [
+    "02-low-rank-by-hand",
+    "04-layers-losses-optimizers",
+    "06-a-tiny-transformer",
+]
 NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?")
 
 
@@ -60,7 +68,16 @@ def quoted_numbers(markdown: str) -> set:
 
 
 def number_forms(text: str) -> set:
-    return {m.group().replace(",", "") for m in NUMBER.finditer(text)}
+    """Every number in the text as written, and each rounded to fewer decimals (prose may round)."""
+    forms = set()
+    for m in NUMBER.finditer(text):
+        raw = m.group().replace(",", "")
+        forms.add(raw)
+        if "e" in raw or "." not in raw:
+            continue
+        value, decimals = float(raw), len(raw.split(".")[1])
+        forms.update(f"{value:.{k}f}" for k in range(decimals))
+    return forms
 
 
 def test_every_planned_chapter_has_a_notebook_and_vice_versa():
@@ -117,3 +134,67 @@ def test_quoted_numbers_checker_catches_a_made_up_figure(tmp_path):
     }
     assert "97.3" in number_forms("accuracy 97.3% (1234 params)")
     assert "97.4" not in number_forms("accuracy 97.3%")
+    assert {"0.21", "0.207", "0.2"} <= number_forms("gap 0.2071 nats")  # prose may round a printed value
+    assert "0.22" not in number_forms("gap 0.2071 nats")  # but not to another value
+
+
+def linked_notebooks(markdown: str, folder: Path) -> list:
+    """The course notebooks a page links to (../notebooks/NN-name.ipynb)."""
+    names = re.findall(r"\]\(\.\./notebooks/([0-9][0-9]-[\w-]+\.ipynb)\)", markdown)
+    return sorted({(folder.parent / "notebooks" / n) for n in names})
+
+
+@pytest.mark.parametrize("appendix", APPENDICES, ids=[p.stem for p in APPENDICES])
+def test_appendix_numbers_come_from_the_notebooks_it_links(appendix):
+    text = appendix.read_text()
+    notebooks = linked_notebooks(text, ROOT / "chapters")
+    assert notebooks, f"{appendix.name} links no notebook, so its numbers cannot be checked"
+    for nb in notebooks:
+        assert nb.exists(), f"{appendix.name}: broken link {nb.name}"
+    for target in re.findall(r"\]\(([^)#\s]+)\)", text):
+        if not target.startswith(("http://", "https://")):
+            assert (appendix.parent / target).resolve().exists(), f"{appendix.name}: broken link {target}"
+    available = set().union(*(number_forms(notebook_text(nb)) for nb in notebooks))
+    missing = sorted(n for n in quoted_numbers(text) if n not in available)
+    assert not missing, f"{appendix.name} quotes numbers none of its notebooks show: {missing}"
+
+
+def test_the_readme_course_table_lists_every_appendix():
+    readme = (ROOT / "README.md").read_text()
+    for page in APPENDICES:
+        assert f"(chapters/{page.name})" in readme, f"README's course table does not list {page.name}"
+
+
+def summary_and_exercises(markdown: str) -> tuple:
+    """(take-aways under '## Summary', exercises under '## Try it'), counted as list items."""
+
+    def items(heading: str, bullet: str) -> int:
+        m = re.search(rf"^## {heading}\s*$(.*?)(?=^## |\Z)", markdown, re.M | re.S)
+        return len(re.findall(bullet, m.group(1), re.M)) if m else 0
+
+    return items("Summary", r"^- "), items("Try it", r"^\d+\. ")
+
+
+@pytest.mark.parametrize("stem", SUMMARY_AND_EXERCISES)
+def test_chapter_ends_with_a_summary_and_exercises_with_starting_cells(stem):
+    chapter = ROOT / "chapters" / f"{stem}.md"
+    takeaways, exercises = summary_and_exercises(chapter.read_text())
+    assert takeaways == 3, f"{chapter.name}: '## Summary' should hold three take-aways, found {takeaways}"
+    assert 2 <= exercises <= 3, (
+        f"{chapter.name}: '## Try it' should hold two or three exercises, found {exercises}"
+    )
+    cells = json.loads((ROOT / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+    start = [
+        i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and "## Try it" in "".join(c["source"])
+    ]
+    assert start, f"{stem}.ipynb has no '## Try it' section"
+    runnable = [c for c in cells[start[-1] :] if c["cell_type"] == "code" and c.get("outputs")]
+    assert len(runnable) >= exercises, (
+        f"{stem}.ipynb: {exercises} exercises but {len(runnable)} executed starting cells after '## Try it'"
+    )
+
+
+def test_summary_checker_counts_items():
+    text = "## Summary\n\n- one\n- two\n- three\n\n## Try it\n\n1. **a** x\n2. **b** y\n"
+    assert summary_and_exercises(text) == (3, 2)
+    assert summary_and_exercises("## Summary\n\n- only one\n") == (1, 0)

@@ -235,3 +235,13 @@ def test_outputs_and_one_update_match_peft():
         ad.lora_magnitude_vector.data, pl.lora_magnitude_vector["default"].weight.detach().numpy(), rtol=1e-10
     )
     np.testing.assert_allclose(ours(x).numpy(), pm(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_only_the_active_adapter_s_magnitude_trains():
+    tl.manual_seed(0)
+    model = lora.apply_lora(models.GPT(models.GPTConfig(**TINY)), LoRAConfig(r=2, dora=True))
+    lora.add_adapter(model, "other", LoRAConfig(r=2, dora=True))
+    trainable = lambda: {n.split(".adapters.")[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable() == {"default.lora_A", "default.lora_B", "default.lora_magnitude_vector"}
+    lora.set_adapter(model, "other")
+    assert trainable() == {"other.lora_A", "other.lora_B", "other.lora_magnitude_vector"}

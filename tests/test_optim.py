@@ -474,5 +474,7 @@ def test_an_optimizer_with_nothing_to_train_is_refused():
     m.requires_grad_(False)
     with pytest.raises(ValueError, match="none of the 2 parameters requires grad"):
         optim.Adam(m, lr=0.1)
+    with pytest.raises(ValueError, match="AdamW: decay_1d must be True or False, got 'no'"):
+        optim.AdamW(m.parameters(), decay_1d="no")
     with pytest.raises(TypeError, match="got one Tensor"):
         optim.SGD(tl.Tensor(np.ones(2), requires_grad=True), lr=0.1)

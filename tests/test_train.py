@@ -297,6 +297,12 @@ def test_train_argument_errors(digits):
         train(model, opt, batch_source(digits), 5, eval_every=0, progress=False)
     with pytest.raises(ValueError, match="clip_norm must be a finite number > 0, got nan"):
         train(model, opt, batch_source(digits), 5, clip_norm=float("nan"), progress=False)
+    with pytest.raises(ValueError, match="train: seed must be an integer >= 0, got '0'"):
+        train(model, opt, batch_source(digits), 5, seed="0", progress=False)
+    with pytest.raises(ValueError, match="evaluate_classifier: batch_size must be an integer >= 1, got 0"):
+        evaluate_classifier(model, digits.x_test, digits.y_test, batch_size=0)
+    with pytest.raises(ValueError, match="evaluate_lm: batches must be an integer >= 1, got 2.5"):
+        evaluate_lm(model, np.arange(100), 8, batches=2.5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .backend import available_backends, get_backend, set_backend, use_backend, xp
+from .backend import available_backends, get_backend, keep_freed_memory, set_backend, use_backend, xp
 from .tensor import (
     Tensor,
     cat,
@@ -34,6 +34,7 @@ __all__ = [
     "use_backend",
     "available_backends",
     "xp",
+    "keep_freed_memory",
     "to_numpy",
     "gradcheck",
     "GradcheckError",

@@ -17,6 +17,7 @@ INSTALL_HINT = 'pip install "tinylora[gpu]" (CUDA 12) or "tinylora[gpu-cuda13]" 
 _active = {"name": "numpy", "xp": numpy}
 _rngs: dict = {}
 _seed = [None]
+_standins: dict = {}  # name -> (array module, array type): stand-in backends, see register_backend
 
 
 class BackendUnavailableError(RuntimeError):
@@ -48,9 +49,33 @@ def _load_cupy():
 
 
 def _module(name: str):
+    if isinstance(name, str) and name in _standins:
+        return _standins[name][0]
     if not isinstance(name, str) or name.lower() not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
+        raise ValueError(
+            f"unknown backend {name!r}: expected one of {', '.join(BACKENDS + tuple(_standins))}"
+        )
     return numpy if name.lower() == "numpy" else _load_cupy()
+
+
+def register_backend(name: str, module, array_type) -> None:
+    """Make a stand-in array library usable as backend `name` (tests play CuPy with one on a CPU).
+
+    `module` is its array module (numpy's functions plus `asnumpy`, as CuPy has); `array_type`
+    is the class of its arrays.
+    """
+    if name in BACKENDS:
+        raise ValueError(f"register_backend: {name!r} is a built-in backend; pick another name")
+    _standins[name] = (module, array_type)
+    _rngs.pop(name, None)
+
+
+def unregister_backend(name: str) -> None:
+    """Forget a stand-in backend (the active backend falls back to numpy if it was the one)."""
+    _standins.pop(name, None)
+    _rngs.pop(name, None)
+    if _active["name"] == name:
+        _active["name"], _active["xp"] = "numpy", numpy
 
 
 def set_backend(name: str) -> None:
@@ -77,7 +102,7 @@ def available_backends() -> list[str]:
         names.append("cupy")
     except BackendUnavailableError:
         pass
-    return names
+    return names + list(_standins)
 
 
 @contextlib.contextmanager
@@ -92,18 +117,24 @@ def use_backend(name: str):
 
 
 def backend_of(array) -> str:
-    """Which backend an array belongs to ("numpy" or "cupy")."""
+    """Which backend an array belongs to ("numpy" or "cupy", or a registered stand-in's name)."""
     if isinstance(array, (numpy.ndarray, numpy.generic)):
         return "numpy"
+    for name, (_, array_type) in _standins.items():
+        if isinstance(array, array_type):
+            return name
     root = type(array).__module__.split(".")[0]
     return "cupy" if root == "cupy" else "numpy"
 
 
 def module_of(array):
     """The array module (numpy or cupy) that owns `array`."""
-    if isinstance(array, (numpy.ndarray, numpy.generic)) or backend_of(array) == "numpy":
+    if isinstance(array, (numpy.ndarray, numpy.generic)):
         return numpy
-    return importlib.import_module("cupy")
+    name = backend_of(array)
+    if name in _standins:
+        return _standins[name][0]
+    return importlib.import_module("cupy") if name == "cupy" else numpy
 
 
 def check_same_backend(op: str, *arrays) -> None:
@@ -120,8 +151,11 @@ def to_numpy(array) -> numpy.ndarray:
     """A NumPy copy of a CuPy array; NumPy arrays, scalars and lists come back as ndarrays."""
     if isinstance(array, numpy.ndarray):
         return array
-    if backend_of(array) == "cupy":
+    name = backend_of(array)
+    if name == "cupy":
         return array.get()
+    if name in _standins:
+        return _standins[name][0].asnumpy(array)
     return numpy.asarray(array)
 
 
@@ -161,9 +195,11 @@ def scatter_add(target, indices, values) -> None:
 
 def erf(x):
     """The error function, elementwise, to float64 accuracy, on either backend."""
+    if backend_of(x) in _standins:  # a stand-in: compute on the host, hand back its own array
+        return module_of(x).asarray(erf(to_numpy(x)))
     if isinstance(x, numpy.ndarray):
         try:
-            from scipy.special import erf as scipy_erf
+            from scipy.special import erf as scipy_erf  # optional: lazy, only exact GELU needs it
         except ImportError:
             import math
 
@@ -199,6 +235,8 @@ def device_name() -> str:
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"]
         return name.decode() if isinstance(name, bytes) else str(name)
+    if get_backend() in _standins:
+        return f"CPU (stand-in backend {get_backend()!r})"
     return "CPU"
 
 
@@ -229,15 +267,14 @@ def blas_info() -> dict:
 
 
 def keep_freed_memory(enable: bool = True) -> bool:
-    """Ask glibc to keep freed blocks for reuse instead of returning them to the OS.
+    """Ask glibc to keep freed blocks for reuse instead of returning them to the OS (Linux only).
 
-    A training step allocates and frees the same large arrays every time. By default glibc
-    gives big blocks back to the OS and trims its heap, so the next step page-faults all of
-    that memory in again (about 100 MB per GPT step here, a third of its time). Keeping them
-    costs resident memory up to the step's peak. Linux/glibc only; returns True if applied.
-    Set TINYLORA_KEEP_FREED_MEMORY=0 to leave malloc untouched.
+    Importing tinylora never calls this; `tinylora demo` and `tinylora bench` do, and a
+    training script may. TINYLORA_KEEP_FREED_MEMORY=0 vetoes it. Returns True if applied.
     """
-    if not enable or not sys.platform.startswith("linux"):
+    if not enable or os.environ.get("TINYLORA_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -260,4 +297,3 @@ def _init_from_env() -> None:
 
 
 _init_from_env()
-keep_freed_memory(os.environ.get("TINYLORA_KEEP_FREED_MEMORY", "1") != "0")

@@ -112,6 +112,7 @@ def cmd_bench(args) -> int:
         lora_r=args.lora_r,
         rounds=args.rounds,
         echo=quiet,
+        family=args.family,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -187,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--peers", action="store_true", help="also time dezero and mygrad on the MLP (if installed)"
     )
+    p.add_argument(
+        "--family",
+        action="store_true",
+        help="also time the LoRA family on the GPT: DoRA and VeRA steps, LoRA/DoRA forwards unmerged and merged",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_bench)
 
@@ -212,6 +218,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command in ("demo", "bench"):
+            backend.keep_freed_memory()  # a step's big temporaries stay mapped between steps (README, Backends)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

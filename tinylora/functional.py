@@ -123,6 +123,7 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling: float, x_adapter=None)
     """
     x, weight, bias = _check_linear("lora_linear", x, weight, bias)
     A, Bm = _t(lora_A), _t(lora_B)
+    _same_backend("lora_linear", weight, A, Bm, None if x_adapter is None else _t(x_adapter))
     n_out, n_in = weight.shape
     r = A.shape[0]
     if A.shape != (r, n_in) or Bm.shape != (n_out, r):

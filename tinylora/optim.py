@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from . import backend
-from .nn.checks import integer, number
+from .nn.checks import flag, integer, number
 from .tensor import Tensor
 
 
@@ -179,6 +179,7 @@ class AdamW(Adam):
         weight_decay: float = 0.01,
         decay_1d: bool = False,
     ):
+        decay_1d = flag("AdamW", "decay_1d", decay_1d)
         if hasattr(params, "parameters") and callable(params.parameters):
             params = params.parameters()
         params = list(params)

@@ -515,7 +515,7 @@ class Tensor:
 
     def __getitem__(self, index) -> Tensor:
         a = self
-        index, advanced = _norm_index(index)
+        index, advanced = _norm_index(index, a.backend)
         try:
             out = a.data[index]
         except IndexError as e:
@@ -647,8 +647,8 @@ def _check_matmul(sa: tuple, sb: tuple) -> None:
             raise ValueError(f"matmul: {sa} @ {sb}: batch dimensions {ba} and {bb} do not broadcast")
 
 
-def _norm_index(index):
-    """Unwrap Tensor/list indices into arrays; report whether advanced indexing is used."""
+def _norm_index(index, on: str = "numpy"):
+    """Unwrap Tensor/list indices into arrays on backend `on`; report whether advanced indexing is used."""
     parts = index if isinstance(index, tuple) else (index,)
     out, advanced = [], False
     for part in parts:
@@ -660,6 +660,8 @@ def _norm_index(index):
             if part.dtype.kind not in "iub":
                 raise IndexError(f"index: index arrays must be integer or boolean, got {part.dtype}")
             advanced = advanced or part.ndim > 0 or part.dtype.kind == "b"
+            if advanced and backend.backend_of(part) != on:  # index arrays live where the data does
+                part = backend.asarray(part, backend=on)
         out.append(part)
     return (tuple(out) if isinstance(index, tuple) else out[0]), advanced
 

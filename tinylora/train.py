@@ -145,6 +145,7 @@ def train(
         clip_norm = number("train", "clip_norm", clip_norm, 0, above=True)
     next_batch = _batch_source(batches)
     if seed is not None:
+        seed = integer("train", "seed", seed, 0)
         manual_seed(seed)
     history, bar, start = History(), _progress(steps, desc, progress), time.perf_counter()
 
@@ -182,6 +183,7 @@ def train(
 @no_grad()
 def evaluate_classifier(model, x, y, batch_size: int = 512) -> dict:
     """Mean cross-entropy and accuracy of a classifier on (x, y), in batches."""
+    batch_size = integer("evaluate_classifier", "batch_size", batch_size, 1)
     n = len(y)
     if n == 0:
         raise ValueError("evaluate_classifier: no examples")
@@ -199,6 +201,8 @@ def evaluate_lm(
     model, ids, block_size: int, batch_size: int = 32, batches: int = 8, seed: int = 1234
 ) -> dict:
     """Mean next-token cross-entropy of a language model on random windows of `ids` (fixed seed)."""
+    for name, value in (("block_size", block_size), ("batch_size", batch_size), ("batches", batches)):
+        integer("evaluate_lm", name, value, 1)
     ids = np.asarray(backend.to_numpy(ids))
     if len(ids) <= block_size + 1:
         raise ValueError(f"evaluate_lm: need more than block_size + 1 = {block_size + 1} ids, got {len(ids)}")

@@ -25,6 +25,7 @@ import tinylora as tl
 import tinylora.functional as F
 from tinylora.bases import load_base
 from tinylora.data import list_plays, load_play, load_shakespeare, train_val_split
+from tinylora.evaluate import heldout_set, window_losses
 from tinylora.train import evaluate_lm
 
 np.set_printoptions(precision=3, suppress=True, linewidth=110)
@@ -320,21 +321,35 @@ for temperature, top_k in ((0.0, None), (0.8, 20), (1.0, None)):
 #
 # The held-out loss on the validation text of its own genres (the held-out endings of the plays
 # it trained on) against the validation text of the comedies (the endings of plays it never saw), which
-# chapter 07 adapts to. Neither was trained on. We also measure the unigram baseline on each
-# (character frequencies of the base's training text), with windows of the full context (128)
-# and of 64 characters (the windows chapter 07 trains and measures with).
+# chapter 07 adapts to. Neither was trained on. The windows are the course's one fixed
+# held-out set (`tinylora.evaluate.heldout_set`: 512 evenly spaced windows of each genre's
+# held-out text, the same in every chapter), of the full context (128 characters) and of 64
+# characters (the windows chapters 07 to 09 measure with); each mean comes with +-2 standard
+# errors over its windows. "Own genres" are the histories and tragedies, the two of its genres
+# the shared set covers. We also measure the unigram baseline on each (character frequencies of
+# the base's training text).
 
 # %%
 counts = np.bincount(own.train, minlength=V).astype(np.float64)
 logp_unigram = np.log(np.maximum(counts / counts.sum(), 1e-12))
+N_HELD = 32 if FAST else 512
+
+
+def held_windows(genres, block):
+    """Per-window losses on the fixed held-out windows of the given genres."""
+    return np.concatenate([window_losses(model, *heldout_set(g, block_size=block, n=N_HELD)) for g in genres])
+
+
 results = {}
-for name, ids_ in (("own genres (validation)", own.val), ("comedies (validation)", comedies.val)):
+for name, ids_, genres in (("own genres (validation)", own.val, ("histories", "tragedies")),
+                           ("comedies (validation)", comedies.val, ("comedies",))):
     r = {"unigram": float(-logp_unigram[ids_].mean())}
-    r[cfg.block_size] = evaluate_lm(model, ids_, cfg.block_size, batch_size=32, batches=EVAL_BATCHES)["loss"]
-    r[64] = evaluate_lm(model, ids_, 64, batch_size=32, batches=EVAL_BATCHES // 2)["loss"]  # as chapter 07 measures
+    for block in (cfg.block_size, 64):
+        w = held_windows(genres, block)
+        r[block], r[(block, "se")] = float(w.mean()), float(2 * w.std(ddof=1) / np.sqrt(len(w)))
     results[name] = r
-    print(f"{name:24s} loss, {cfg.block_size}-char windows {r[cfg.block_size]:.4f}   64-char windows {r[64]:.4f}   "
-          f"unigram {r['unigram']:.4f}")
+    print(f"{name:24s} loss, {cfg.block_size}-char windows {r[cfg.block_size]:.4f} +- {r[(cfg.block_size, 'se')]:.4f}   "
+          f"64-char windows {r[64]:.4f} +- {r[(64, 'se')]:.4f}   unigram {r['unigram']:.4f}")
 o, c = results["own genres (validation)"], results["comedies (validation)"]
 diff = c[cfg.block_size] - o[cfg.block_size]
 print(f"the comedies' loss is {abs(diff):.4f} nats/char {'lower' if diff < 0 else 'higher'} than the own genres' "
@@ -366,9 +381,10 @@ for name, lp in by_pos.items():
           f"positions 64-127: {lp[64:].mean():.3f}")
 fig, ax = plt.subplots(figsize=(7.5, 4))
 for name, lp in by_pos.items():
-    ax.plot(np.arange(cfg.block_size), lp, label=name)
+    ax.plot(np.arange(1, cfg.block_size + 1), lp, label=name)  # position t sees t + 1 characters
 ax.axhline(o["unigram"], color="gray", ls="--", label="unigram baseline (own genres)")
-ax.set_xscale("symlog", linthresh=1); ax.set_xlabel("position in the window (characters of context - 1)")
+ax.set_xscale("log"); ax.set_xlim(1, cfg.block_size)
+ax.set_xlabel("characters of context (position in the window + 1, log scale)")
 ax.set_ylabel("mean loss (nats per character)")
 ax.set_title(f"Loss by position: more context, better guesses ({n_windows} windows each)")
 ax.grid(alpha=0.3); ax.legend()
@@ -410,7 +426,8 @@ ax.set_yticks(yy); ax.set_yticklabels([f"{n} ({per_play[n][0]})" for n in names_
 ax.set_xlim(1.0, None); ax.invert_yaxis()
 ax.set_xlabel(f"loss (nats per character, {PLAY_BATCHES * 32} windows of {cfg.block_size} per part)")
 ax.set_title("The base, play by play: seen text, unseen endings, unseen plays")
-ax.legend(fontsize=8, loc="upper right"); ax.grid(alpha=0.3, axis="x")
+ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2)  # below the axes, off the bars
+ax.grid(alpha=0.3, axis="x")
 plt.tight_layout(); plt.show()
 
 # %% [markdown]
@@ -450,3 +467,28 @@ for name, ids_ in (("own genres (validation)", own.val), ("comedies (validation)
     speakers = SPEAKER_LINE.findall(tok.decode(ids_))
     new = sum(sp not in train_speakers for sp in speakers)
     print(f"{name:24s} {len(speakers)} speeches, {new / len(speakers):.0%} of them by a speaker the training text never names")
+
+
+# %% [markdown]
+# ## Try it
+#
+# Starting cells for the chapter's exercises; each runs as it is.
+#
+# **1. A prompt of your own.** Sample from the base after a speaker of your choice, at a few
+# temperatures. Does a comedy speaker (say `FALSTAFF:` or `BOTTOM:`) get a comedy?
+
+# %%
+my_prompt = "FALSTAFF:\n"  # <- try other speakers, or the start of a line
+for temperature in (0.5, 1.0):
+    print(f"--- temperature {temperature} ---")
+    print(tok.decode(model.generate(tok.encode(my_prompt), 20 if FAST else 200, temperature=temperature, top_k=20,
+                                    seed=1)[0]))
+
+# %% [markdown]
+# **2. Which genre is hardest?** The fixed held-out set of each genre the course uses, at 64
+# characters, with +-2 standard errors. Predict the order before you run it.
+
+# %%
+for g in ("comedies", "histories", "tragedies"):  # <- the three genres of tinylora.evaluate
+    w = window_losses(model, *heldout_set(g, n=N_HELD))
+    print(f"{g:10s} {w.mean():.4f} +- {2 * w.std(ddof=1) / np.sqrt(len(w)):.4f} nats/char over {len(w)} windows")

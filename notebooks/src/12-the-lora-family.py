@@ -141,14 +141,14 @@ BLOCK, BATCH = 64, 16
 N_WINDOWS = 16 if FAST else 256  # comedy windows; 128 (8 in FAST) of each of the base's own genres
 R, ALPHA = 4, 8
 METHODS = ["full", "BitFit", "LoRA", "rsLoRA", "LoRA+", "DoRA", "VeRA", "PiSSA", "gaussian"]
-DIGIT_LRS = {"full": (3e-4, 1e-3, 3e-3), "BitFit": (3e-3, 1e-2, 3e-2), "LoRA+": (1e-3, 3e-3, 1e-2),
-             "VeRA": (1e-2, 3e-2, 1e-1), "PiSSA": (1e-3, 3e-3, 1e-2)}
-GPT_LRS = {"full": (1e-4, 3e-4), "BitFit": (3e-3, 1e-2), "LoRA+": (3e-4, 1e-3), "VeRA": (3e-3, 1e-2),
-           "PiSSA": (3e-4, 1e-3)}
+DIGIT_LRS = {"full": (1e-3, 3e-3, 1e-2), "BitFit": (1e-2, 3e-2, 1e-1), "rsLoRA": (1e-3, 3e-3, 1e-2),
+             "LoRA+": (1e-3, 3e-3, 1e-2), "VeRA": (3e-2, 1e-1, 3e-1), "PiSSA": (3e-3, 1e-2, 3e-2)}
+GPT_LRS = {"full": (3e-4, 1e-3), "BitFit": (1e-2, 3e-2), "LoRA+": (1e-4, 3e-4), "VeRA": (1e-2, 3e-2),
+           "PiSSA": (1e-3, 3e-3), "gaussian": (3e-4, 1e-3)}
 if FAST:
     DIGIT_LRS, GPT_LRS = ({m: (v[0],) for m, v in d.items()} for d in (DIGIT_LRS, GPT_LRS))
 digit_lrs = lambda m: DIGIT_LRS.get(m, (3e-3, 1e-2, 3e-2)[: 1 if FAST else 3])
-gpt_lrs = lambda m: GPT_LRS.get(m, (1e-3, 3e-3)[: 1 if FAST else 2])
+gpt_lrs = lambda m: GPT_LRS.get(m, (3e-3, 1e-2)[: 1 if FAST else 2])
 print(f"digits: {DIGIT_STEPS} steps of 64 images, seeds {SEEDS}; Shakespeare: {GPT_STEPS} steps of {BATCH} windows "
       f"of {BLOCK} characters, seed 0; held-out windows: {N_WINDOWS} comedies, {N_WINDOWS // 2} histories, "
       f"{N_WINDOWS // 2} tragedies; BLAS threads: 1")

@@ -258,6 +258,7 @@ class LoRALinear(LoRALayer):
             from .dora import row_norm
 
             ad.lora_magnitude_vector.data = row_norm(w.data + ad.delta().astype(w.dtype)).astype(w.dtype)
+        ad.to(w.backend)  # the adapter lives where its base does, whatever the active backend
         self.adapters[name] = ad
         return ad
 
