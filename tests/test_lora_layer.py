@@ -109,7 +109,8 @@ def test_config_round_trips_through_peft_key_names():
     )
     d = cfg.to_dict()
     assert d["r"] == 4 and d["lora_alpha"] == 8 and d["lora_dropout"] == 0.1
-    assert d["target_modules"] == ["q_proj", "up_proj"] and d["init"] == "gaussian" and d["rslora"] is True
+    assert d["target_modules"] == ["q_proj", "up_proj"] and d["init_lora_weights"] == "gaussian"
+    assert d["use_rslora"] is True and d["peft_type"] == "LORA"
     assert LoRAConfig.from_dict(d) == cfg
     with pytest.raises(ValueError, match="lora_alpha"):
         LoRAConfig.from_dict({"r": 4, "target_modules": ["q_proj"]})

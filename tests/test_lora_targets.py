@@ -120,8 +120,12 @@ def test_mark_only_lora_trainable_bias_modes():
 
 def test_modules_to_save_stay_trainable():
     model = lora.apply_lora(tiny_gpt(tie_weights=False), LoRAConfig(modules_to_save=("lm_head", "ln_f")))
-    extra = {n for n in trainable_names(model) if "adapters" not in n}
-    assert extra == {"lm_head.weight", "ln_f.weight", "ln_f.bias"}
+    extra = {n for n in trainable_names(model) if ".lora_" not in n}  # each saved module: the adapter's copy
+    assert extra == {
+        "lm_head.adapters.default.weight",
+        "ln_f.adapters.default.weight",
+        "ln_f.adapters.default.bias",
+    }
     model = tiny_gpt()
     with pytest.raises(ValueError, match="modules_to_save"):
         lora.apply_lora(model, LoRAConfig(modules_to_save=("classifier",)))

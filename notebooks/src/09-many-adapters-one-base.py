@@ -6,7 +6,8 @@
 # base's, open them to see what they hold, load all three onto a single copy of the base, swap
 # between them and measure each adapter on each genre, prove that swapping never touches the
 # base's weights, merge one adapter in for inference and take it out again, and watch the
-# adapter files refuse a base they were not trained on and a file that was cut short.
+# adapter files refuse a base they were not trained on and a file that was cut short. Last, we
+# take the comedies adapter to PyTorch and Hugging Face PEFT, and an adapter PEFT trained back.
 # The prose is in [chapter 09](../chapters/09-many-adapters-one-base.md).
 
 # %%
@@ -213,37 +214,38 @@ print(f"base + 3 adapter folders: {base_bytes + 3 * folder:,} bytes;  "
 # %% [markdown]
 # ## 4. What the files contain
 #
-# The JSON holds the config with PEFT's key names, the sha256 of the weights file, and a
-# **fingerprint** of the base: the shape and sha256 of every frozen tensor the adapter was
-# trained on top of. The safetensors file holds only A and B for each adapted layer.
+# The JSON holds the config with PEFT's keys and values only, so PEFT reads it as its own. What
+# only tinylora uses sits in the safetensors header's metadata, where PEFT does not look: its
+# version, the sha256 of the tensors, and a **fingerprint** of the base (the shape and sha256 of
+# every frozen tensor the adapter was trained on top of). The tensors are A and B for each
+# adapted layer, keyed as PEFT keys them.
 
 # %%
 meta = json.loads((dirs["comedies"] / "adapter_config.json").read_text())
-print("adapter_config.json keys:", sorted(meta))
-for k in ("peft_type", "adapter_name", "r", "lora_alpha", "lora_dropout", "target_modules", "init", "rslora",
-          "bias", "tinylora_version"):
-    print(f"  {k:>16}: {meta[k]}")
-print(f"  {'weights_sha256':>16}: {meta['weights_sha256'][:16]}...")
-fp = meta["fingerprint"]
-print(f"  {'fingerprint':>16}: sha256 {fp['sha256'][:16]}... over {len(fp['modules'])} base tensors, e.g.")
+print("adapter_config.json:", json.dumps(meta))
+info = read_metadata(dirs["comedies"] / "adapter_model.safetensors")
+print("safetensors metadata keys:", sorted(info))
+print(f"  {'tinylora_version':>23}: {info['tinylora_version']} | adapter name: {info['tinylora_adapter_name']}")
+print(f"  {'tinylora_tensors_sha256':>23}: {info['tinylora_tensors_sha256'][:16]}...")
+fp = info["tinylora_fingerprint"]
+print(f"  {'tinylora_fingerprint':>23}: sha256 {fp['sha256'][:16]}... over {len(fp['modules'])} base tensors, e.g.")
 for name in list(fp["modules"])[:3]:
-    print(f"{'':>20}{name}: {fp['modules'][name]['shape']} sha256 {fp['modules'][name]['sha256'][:12]}...")
+    print(f"{'':>27}{name}: {fp['modules'][name]['shape']} sha256 {fp['modules'][name]['sha256'][:12]}...")
 
 # %%
 tensors = load_file(str(dirs["comedies"] / "adapter_model.safetensors"))
 print(f"adapter_model.safetensors: {len(tensors)} tensors, "
       f"{sum(t.size for t in tensors.values()):,} numbers, dtypes {sorted({str(t.dtype) for t in tensors.values()})}")
 for key in sorted(tensors)[:8]:
-    print(f"  {key:<34} {tensors[key].shape}")
+    print(f"  {key:<52} {tensors[key].shape}")
 print("  ...")
-print("metadata in the header:", read_metadata(dirs["comedies"] / "adapter_model.safetensors"))
 with open(dirs["comedies"] / "adapter_model.safetensors", "rb") as f:
     n = int.from_bytes(f.read(8), "little")
 print(f"layout: 8 bytes (header length {n}) + {n} bytes of JSON header + "
       f"{sizes['comedies']['payload_bytes']:,} bytes of float32 = {8 + n + sizes['comedies']['payload_bytes']:,} bytes")
 layer = trained["comedies"].blocks[0].attn.q_proj
-print("blocks.0.attn.q_proj.lora_A.weight equals the trained A:",
-      np.array_equal(tensors["blocks.0.attn.q_proj.lora_A.weight"], tl.to_numpy(layer.lora_A.data)))
+print("base_model.model.blocks.0.attn.q_proj.lora_A.weight equals the trained A:",
+      np.array_equal(tensors["base_model.model.blocks.0.attn.q_proj.lora_A.weight"], tl.to_numpy(layer.lora_A.data)))
 
 # %% [markdown]
 # ## 5. One base, three adapters
@@ -635,10 +637,10 @@ for label, other in others.items():
 # %% [markdown]
 # ## 9. A damaged file is refused too
 #
-# Copy an adapter folder and cut its weights file in half. The config records the sha256 of the
-# weights file, so the damage is caught before anything is read. Remove that hash and the
-# safetensors reader catches it instead; cut the JSON short and the JSON parser does. We load
-# onto the server each time and check that its adapters are still the same three.
+# Copy an adapter folder and damage it. Cut the weights file in half and the safetensors reader
+# catches it; change a few bytes of the numbers and the sha256 of the tensors kept in the header
+# does; cut the JSON short and the JSON parser does. We load onto the server each time and check
+# that its adapters are still the same three.
 
 # %%
 def damaged(tag, fix):
@@ -653,16 +655,15 @@ def truncate(path):
     path.write_bytes(data_[: len(data_) // 2])
 
 
-def drop_hash(d):
-    m = json.loads((d / "adapter_config.json").read_text())
-    del m["weights_sha256"]
-    (d / "adapter_config.json").write_text(json.dumps(m))
+def flip_numbers(path):
+    data_ = bytearray(path.read_bytes())
+    data_[-40:-30] = bytes(b ^ 0xFF for b in data_[-40:-30])  # ten bytes of the last tensor's float32
+    path.write_bytes(bytes(data_))
 
 
 cases = {
     "weights file cut in half": damaged("half", lambda d: truncate(d / "adapter_model.safetensors")),
-    "cut in half, no sha256 in the config": damaged(
-        "nohash", lambda d: (truncate(d / "adapter_model.safetensors"), drop_hash(d))),
+    "ten bytes of the numbers changed": damaged("flip", lambda d: flip_numbers(d / "adapter_model.safetensors")),
     "config file cut in half": damaged("json", lambda d: truncate(d / "adapter_config.json")),
 }
 hash_server = base_hash(server)
@@ -686,4 +687,129 @@ print("adapters:", lora.adapter_names(server), "| active now:", lora.active_adap
 lora.set_adapter(server, "comedies")
 print(f"comedies adapter on comedies, after the deletion: {val_loss(server, data['comedies'].val):.4f} "
       f"(table: {table[1, 0]:.4f}) | base unchanged: {base_hash(server) == hash_fresh}")
+
+# %% [markdown]
+# ## 11. Taking an adapter to PEFT
+#
+# The comedies folder is Hugging Face PEFT's own format, so PyTorch can run the adapter. PEFT
+# needs the base as a PyTorch model with the same module names; for SmolLM2 and MiniLM that is
+# transformers' `LlamaForCausalLM` and `BertModel` (tinylora maps the names, see the tests in
+# `tests/test_peft_interop.py`); for our GPT we write it in PyTorch below, 30 lines, and give it
+# the base's weights. Then `PeftModel.from_pretrained` loads the folder, and we compare logits on
+# comedies validation windows. The section needs the `interop` extra (PyTorch, transformers, peft).
+
+# %%
+try:
+    import torch
+    import torch.nn.functional as TF
+    from peft import LoraConfig, PeftModel, get_peft_model
+    HAVE_PEFT = True
+except ImportError:
+    HAVE_PEFT = False
+    print("skipped: PyTorch and PEFT are not installed (pip install -e '.[interop]')")
+
+if HAVE_PEFT:
+    class TorchAttention(torch.nn.Module):
+        def __init__(self, c, h):
+            super().__init__()
+            self.h = h
+            self.q_proj, self.k_proj, self.v_proj, self.o_proj = (torch.nn.Linear(c, c) for _ in range(4))
+
+        def forward(self, x):
+            b, t, c = x.shape
+            q, k, v = (p(x).view(b, t, self.h, c // self.h).transpose(1, 2)  # (B, H, T, D)
+                       for p in (self.q_proj, self.k_proj, self.v_proj))
+            y = TF.scaled_dot_product_attention(q, k, v, is_causal=True)  # a fused kernel (FlashAttention on GPUs)
+            return self.o_proj(y.transpose(1, 2).reshape(b, t, c))  # (B, T, C)
+
+    class TorchMLP(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.up_proj, self.down_proj = torch.nn.Linear(c, 4 * c), torch.nn.Linear(4 * c, c)
+
+        def forward(self, x):
+            return self.down_proj(TF.gelu(self.up_proj(x), approximate="tanh"))
+
+    class TorchBlock(torch.nn.Module):
+        def __init__(self, c, h):
+            super().__init__()
+            self.ln_1, self.attn, self.ln_2, self.mlp = torch.nn.LayerNorm(c), TorchAttention(c, h), torch.nn.LayerNorm(c), TorchMLP(c)
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class TorchGPT(torch.nn.Module):
+        """tinylora's GPT in PyTorch, module for module (same names, so the same adapter keys)."""
+
+        def __init__(self, cfg):
+            super().__init__()
+            c = cfg["n_embd"]
+            self.tok_emb = torch.nn.Embedding(cfg["vocab_size"], c)
+            self.pos_emb = torch.nn.Embedding(cfg["block_size"], c)
+            self.blocks = torch.nn.ModuleList(TorchBlock(c, cfg["n_head"]) for _ in range(cfg["n_layer"]))
+            self.ln_f = torch.nn.LayerNorm(c)
+            self.lm_head = torch.nn.Linear(c, cfg["vocab_size"], bias=False)
+            self.lm_head.weight = self.tok_emb.weight  # tied, as in the base
+
+        def forward(self, idx):
+            x = self.tok_emb(idx) + self.pos_emb(torch.arange(idx.shape[1]))
+            for block in self.blocks:
+                x = block(x)
+            return self.lm_head(self.ln_f(x))  # (B, T, vocab)
+
+    def torch_base():
+        weights = {n: torch.from_numpy(tl.to_numpy(p.data).copy()) for n, p in load_base("shakespeare").model.named_parameters()}
+        model = TorchGPT(card["config"])
+        model.load_state_dict(dict(weights, **{"lm_head.weight": weights["tok_emb.weight"]}))
+        return model.eval()
+
+# %%
+if HAVE_PEFT:
+    windows = np.stack([data["comedies"].val[i:i + BLOCK] for i in range(0, 8 * 997, 997)])  # (8, 64)
+    peft_model = PeftModel.from_pretrained(torch_base(), str(dirs["comedies"])).eval()
+    with torch.no_grad():
+        theirs = peft_model(torch.from_numpy(windows)).numpy()
+        base_logits = torch_base()(torch.from_numpy(windows)).numpy()
+    ours = trained["comedies"].eval()(windows).numpy()
+    print("PEFT loaded the adapter:", type(peft_model.base_model.model.blocks[0].attn.q_proj).__module__)
+    print(f"logits, tinylora vs PyTorch + PEFT: max abs diff {np.abs(ours - theirs).max():.2e} "
+          f"(the adapter itself moves them by up to {np.abs(ours - base_logits).max():.2f})")
+
+    def nll(logits):  # mean next-character loss of the windows, from logits (8, 64, vocab)
+        z = logits[:, :-1] - logits[:, :-1].max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        return -np.take_along_axis(logp, windows[:, 1:, None], -1).mean()
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        half = peft_model(torch.from_numpy(windows)).float().numpy()
+    print(f"loss on these windows: tinylora {nll(ours):.4f} | PyTorch + PEFT {nll(theirs):.4f} "
+          f"| the same in bfloat16 autocast {nll(half):.4f}")
+
+# %% [markdown]
+# And back: PEFT trains an adapter of its own on the same base (PyTorch's AdamW, a few steps of
+# the comedies recipe), `save_pretrained` writes it, and `lora.load_adapter` reads it into
+# tinylora's GPT with the same outputs.
+
+# %%
+if HAVE_PEFT:
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    peft_trained = get_peft_model(torch_base(), config)
+    opt_t = torch.optim.AdamW([p for p in peft_trained.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)
+    sampler = WindowSampler(data["comedies"].train, BLOCK, BATCH, seed=0)
+    for _ in range(3 if FAST else 30):
+        xb, yb = sampler.sample()
+        loss = TF.cross_entropy(peft_trained(torch.from_numpy(xb)).flatten(0, 1), torch.from_numpy(yb).flatten())
+        opt_t.zero_grad()
+        loss.backward()
+        opt_t.step()
+    peft_trained.save_pretrained(str(WORK / "from-peft"))
+    print("PEFT wrote:", sorted(p.name for p in (WORK / "from-peft").iterdir()))
+    back = lora.load_adapter(load_base("shakespeare").model, WORK / "from-peft")
+    with torch.no_grad():
+        theirs = peft_trained.eval()(torch.from_numpy(windows)).numpy()
+    print(f"loaded into tinylora as adapter {lora.active_adapter(back)!r}: logits max abs diff "
+          f"{np.abs(back.eval()(windows).numpy() - theirs).max():.2e}")
+
 shutil.rmtree(WORK)

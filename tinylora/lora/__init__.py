@@ -1,12 +1,13 @@
 """LoRA: adapters beside a frozen base (inject, train, merge, swap, save and load)."""
 
-from .config import LoRAConfig
+from .config import AdapterSettings, LoRAConfig
 from .dora import dora_linear
 from .embedding import EmbeddingAdapter, LoRAEmbedding
 from .files import AdapterFileError, load_adapter, read_adapter_config, save_adapter
 from .layer import Adapter, LoRALayer, LoRALinear
 from .loraplus import create_loraplus_optimizer, loraplus_param_groups
 from .model import (
+    ModulesToSave,
     ParameterReport,
     active_adapter,
     adapter_names,
@@ -21,13 +22,18 @@ from .model import (
     merge_and_unload,
     merge_lora,
     parameter_report,
+    saved_modules,
     set_adapter,
     unmerge_lora,
 )
 from .vera import VeRAConfig, VeRALinear, apply_vera, load_vera, save_vera
+from .weighted import add_weighted_adapter
 
 __all__ = [
     "LoRAConfig",
+    "AdapterSettings",
+    "ModulesToSave",
+    "saved_modules",
     "LoRALinear",
     "Adapter",
     "apply_lora",
@@ -50,6 +56,7 @@ __all__ = [
     "adapter_names",
     "active_adapter",
     "find_targets",
+    "add_weighted_adapter",
     "LoRALayer",
     "LoRAEmbedding",
     "EmbeddingAdapter",

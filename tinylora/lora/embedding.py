@@ -16,7 +16,7 @@ from .. import backend
 from .. import functional as F
 from ..nn import Embedding, Module, Parameter
 from ..nn.layers import normal
-from .config import LoRAConfig
+from .config import LoRAConfig, adapter_settings
 from .layer import LoRALayer
 
 
@@ -58,7 +58,7 @@ class LoRAEmbedding(LoRALayer):
         if not isinstance(base, Embedding):
             raise TypeError(f"LoRAEmbedding wraps an nn.Embedding, got {type(base).__name__}")
         self._init_layer(base)
-        self.add_adapter(adapter_name, config or LoRAConfig(target_modules=("*",)))
+        self.add_adapter(adapter_name, adapter_settings(config or LoRAConfig()))
         self.active = adapter_name
         base.requires_grad_(False)
 
@@ -67,12 +67,7 @@ class LoRAEmbedding(LoRALayer):
 
     def add_adapter(self, name: str, config: LoRAConfig) -> EmbeddingAdapter:
         """Create adapter `name`: A = 0, B ~ N(0, 1) as PEFT does (PiSSA and DoRA are refused here)."""
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {name!r}")
-        if name in self.adapters:
-            raise ValueError(f"adapter {name!r} already exists in this layer")
-        if self.merged is not None:
-            raise RuntimeError(f"cannot add adapter {name!r} while {self.merged!r} is merged; unmerge first")
+        self._check_new_adapter(name)
         if getattr(config, "dora", False) or config.init == "pissa":
             what = "dora=True" if getattr(config, "dora", False) else "init='pissa'"
             raise ValueError(

@@ -25,7 +25,7 @@ from ..lowrank import lora_from_delta
 from ..nn import Linear, Module, ModuleDict, Parameter
 from ..nn.layers import normal, uniform
 from ..tensor import is_grad_enabled
-from .config import LoRAConfig
+from .config import AdapterSettings, LoRAConfig, adapter_settings, check_adapter_name
 from .dora import dora_factor, dora_linear
 
 
@@ -133,6 +133,14 @@ class LoRALayer(Module):
         v = w + ad.delta().astype(w.dtype)
         return dora_factor(ad.lora_magnitude_vector.data, v)[:, None] * v - w
 
+    def _check_new_adapter(self, name: str) -> None:
+        """What every layer checks before adding adapter `name` (the one copy of these checks)."""
+        check_adapter_name(name)
+        if name in self.adapters:
+            raise ValueError(f"adapter {name!r} already exists in this layer")
+        if self.merged is not None:
+            raise RuntimeError(f"cannot add adapter {name!r} while {self.merged!r} is merged; unmerge first")
+
     def _check_trainable_while_merged(self, ad) -> None:
         if self.training and is_grad_enabled() and any(p.requires_grad for p in ad.parameters()):
             raise RuntimeError(
@@ -199,16 +207,15 @@ class LoRALinear(LoRALayer):
         init: str = "kaiming",
         rslora: bool = False,
         adapter_name: str = "default",
-        config: LoRAConfig | None = None,
+        config: LoRAConfig | AdapterSettings | None = None,
     ):
         super().__init__()
         if not isinstance(base, Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
         self._init_layer(base)
-        cfg = config or LoRAConfig(
-            r=r, alpha=alpha, dropout=dropout, init=init, rslora=rslora, target_modules=("*",)
-        )
-        self.add_adapter(adapter_name, cfg)
+        if config is None:  # LoRAConfig checks the values; the layer keeps only the per-adapter part
+            config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, init=init, rslora=rslora)
+        self.add_adapter(adapter_name, adapter_settings(config))
         self.active = adapter_name
         base.requires_grad_(False)  # frozen only once the adapter exists (a failure leaves it as it was)
 
@@ -226,12 +233,7 @@ class LoRALinear(LoRALayer):
 
     def add_adapter(self, name: str, config: LoRAConfig) -> Adapter:
         """Create adapter `name`, initialised as config.init says (B = 0 unless PiSSA)."""
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {name!r}")
-        if name in self.adapters:
-            raise ValueError(f"adapter {name!r} already exists in this layer")
-        if self.merged is not None:
-            raise RuntimeError(f"cannot add adapter {name!r} while {self.merged!r} is merged; unmerge first")
+        self._check_new_adapter(name)
         w = self.base.weight
         ad = Adapter(self.in_features, self.out_features, config, dtype=w.dtype)
         n_in, r = self.in_features, config.r

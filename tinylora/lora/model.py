@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
-from ..nn import Embedding, Linear, Module
-from .config import LoRAConfig
+from ..nn import Embedding, Linear, Module, ModuleDict
+from .config import LoRAConfig, check_adapter_name, check_bias, match_names
 from .embedding import LoRAEmbedding
 from .layer import LoRALayer, LoRALinear, tied_weight_error
 
@@ -15,12 +16,12 @@ def lora_layers(model: Module) -> list:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALayer)]
 
 
-def _wrap(mod: Module, adapter_name: str, config: LoRAConfig, tied: tuple = ()) -> LoRALayer:
+def _wrap(mod: Module, adapter_name: str, settings, tied: tuple = ()) -> LoRALayer:
     """The adapted layer for a plain target: LoRAEmbedding for an nn.Embedding, else LoRALinear."""
     if isinstance(mod, Embedding):
-        layer = LoRAEmbedding(mod, adapter_name=adapter_name, config=config)
+        layer = LoRAEmbedding(mod, adapter_name=adapter_name, config=settings)
     else:
-        layer = LoRALinear(mod, adapter_name=adapter_name, config=config)
+        layer = LoRALinear(mod, adapter_name=adapter_name, config=settings)
     layer.tied_to = tied  # where else its weight is used: merging there is refused
     return layer
 
@@ -39,16 +40,84 @@ def tied_to(model: Module, name: str) -> tuple:
     )
 
 
-def _inside_lora(name: str, lora_names: list) -> bool:
-    return any(name.startswith(ln + ".") for ln in lora_names)
+class ModulesToSave(Module):
+    """A module some adapters train fully (PEFT's modules_to_save): the original and one copy per adapter.
+
+    `.base` is the original (frozen); `.adapters[name]` is adapter name's own trained copy. The active
+    adapter's copy runs; with no active adapter, or inside disable_adapters(), the original runs.
+    """
+
+    def __init__(self, base: Module):
+        super().__init__()
+        self.base = base
+        self.adapters = ModuleDict()
+        self.active = None
+        self.merged = None  # never merged: the copy replaces the original, it is not added to it
+        self.disabled = False
+
+    def add_adapter(self, name: str) -> Module:
+        """Give adapter `name` its own copy of the original module, trainable."""
+        self.adapters[name] = copy.deepcopy(self.base).requires_grad_(True)
+        return self.adapters[name]
+
+    def delete_adapter(self, name: str) -> None:
+        del self.adapters[name]
+        if self.active == name:
+            self.active = None
+
+    def set_adapter(self, name: str | None) -> None:
+        self.active = name if name in self.adapters else None
+
+    def current(self) -> Module:
+        """The module that runs now: the active adapter's copy, or the original."""
+        d = self.__dict__
+        if d["active"] is None or d["disabled"]:
+            return d["base"]
+        return d["adapters"][d["active"]]
+
+    def forward(self, *args, **kwargs):
+        return self.current()(*args, **kwargs)
+
+    def __getattr__(self, name: str):  # only for names the wrapper lacks: lm_head.weight etc.
+        if name.startswith("_") or "base" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.current(), name)
+
+    def extra_repr(self) -> str:
+        return f"active={self.active!r}" + (", disabled" if self.disabled else "")
+
+
+def saved_modules(model: Module) -> list:
+    """(dotted name, ModulesToSave) for every module adapters train fully."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSave)]
+
+
+def _wrapped(model: Module) -> list:
+    """Every LoRA layer and ModulesToSave wrapper: the modules that hold adapters."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoRALayer, ModulesToSave))]
+
+
+def _inside(name: str, outer: list) -> bool:
+    return any(name.startswith(o + ".") for o in outer)
+
+
+def check_unmerged(model: Module, doing: str, allowed: str | None = None, only: str | None = None) -> None:
+    """The one "refused while merged" guard: raise if an adapter is merged (other than `allowed`; or `only` that one)."""
+    merged = [(n, layer.merged) for n, layer in lora_layers(model) if layer.merged]
+    merged = [(n, m) for n, m in merged if m != allowed and (only is None or m == only)]
+    if merged:
+        raise RuntimeError(
+            f"{doing}: adapter {merged[0][1]!r} is merged into the weights of "
+            f"{', '.join(n for n, _ in merged)}; call lora.unmerge_lora(model) first"
+        )
 
 
 def find_targets(model: Module, config: LoRAConfig) -> list:
-    """Names of the modules config targets, checked: each must be an nn.Linear or nn.Embedding (or adapted)."""
-    lora_names = [n for n, _ in lora_layers(model)]
+    """Names of the modules config targets, checked: each must be an nn.Linear (or adapted)."""
+    outer = [n for n, _ in _wrapped(model)]
     matches, refused = [], []
     for name, mod in model.named_modules():
-        if not name or _inside_lora(name, lora_names) or not config.matches(name):
+        if not name or _inside(name, outer) or not config.matches(name):
             continue
         if isinstance(mod, (Linear, Embedding, LoRALayer)):
             matches.append(name)
@@ -60,10 +129,8 @@ def find_targets(model: Module, config: LoRAConfig) -> list:
             f"{', '.join(refused)}. Narrow target_modules or add exclude_modules."
         )
     if not matches:
-        linears = [
-            n for n, m in model.named_modules() if isinstance(m, Linear) and not _inside_lora(n, lora_names)
-        ]
-        linears += lora_names
+        linears = [n for n, m in model.named_modules() if isinstance(m, Linear) and not _inside(n, outer)]
+        linears += [n for n, _ in lora_layers(model)]
         raise ValueError(
             f"target_modules={config.target_modules!r} matches no module. The Linear layers in this "
             f"model are: {', '.join(linears) or 'none'}"
@@ -71,48 +138,109 @@ def find_targets(model: Module, config: LoRAConfig) -> list:
     return matches
 
 
+def find_modules_to_save(model: Module, names) -> list:
+    """Paths of the modules `names` match (outermost only; matched like target_modules)."""
+    if not names:
+        return []
+    names = (names,) if isinstance(names, str) else tuple(names)
+    found = []
+    for path, _ in model.named_modules():
+        if path and match_names(names, path) and not _inside(path, found):
+            found.append(path)
+    if not found:
+        raise ValueError(f"modules_to_save={names!r} matches no module")
+    return found
+
+
+def plan_adapter(model: Module, config: LoRAConfig) -> dict:
+    """{module path: AdapterSettings} for every module `config` targets (rank/alpha patterns applied)."""
+    return {path: config.settings_for(path) for path in find_targets(model, config)}
+
+
+def attach_adapter(model: Module, name: str, plan: dict, modules_to_save=(), extend: bool = False) -> Module:
+    """Add adapter `name` with plan's settings to each module, and a trained copy of each of
+    modules_to_save; all or nothing. Returns model; the active adapter does not change.
+    extend=True lets an existing adapter `name` reach more modules (apply_lora called twice)."""
+    _check_attach(model, name, plan, modules_to_save, extend)
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    done = []  # (path, the module there before, its weight array before) for a rollback
+    try:
+        for path, settings in plan.items():
+            mod = model.get_submodule(path)
+            base = mod.base if isinstance(mod, LoRALayer) else mod
+            done.append((path, mod, base.weight.data if settings.init == "pissa" else None))
+            if isinstance(mod, LoRALayer):
+                mod.add_adapter(name, settings)
+            else:
+                layer = _wrap(mod, name, settings, tied_to(model, path))
+                layer.set_adapter(None)  # a plain layer stays plain until `name` is activated
+                model.set_submodule(path, layer)
+        for path in modules_to_save:
+            mod = model.get_submodule(path)
+            if isinstance(mod, ModulesToSave) and name in mod.adapters:
+                continue
+            done.append((path, mod, None))
+            if not isinstance(mod, ModulesToSave):
+                mod = ModulesToSave(mod)
+                model.set_submodule(path, mod)
+            mod.add_adapter(name)
+    except Exception as e:
+        _rollback(model, name, done, flags)
+        if isinstance(e, ValueError) and done and done[-1][0] not in str(e):
+            raise ValueError(f"{done[-1][0]}: {e}") from None  # name the module that failed
+        raise
+    return model
+
+
+def _check_attach(model: Module, name: str, plan: dict, modules_to_save, extend: bool) -> None:
+    """What attach_adapter checks before anything changes."""
+    check_adapter_name(name)
+    if name in adapter_names(model) and not extend:
+        raise ValueError(f"adapter {name!r} already exists; delete_adapter first or pick another name")
+    check_unmerged(model, f"adding adapter {name!r}")
+    overlap = sorted(set(plan) & set(modules_to_save))
+    if overlap:
+        raise ValueError(f"{', '.join(overlap)} cannot be both a LoRA target and in modules_to_save")
+    for path, settings in plan.items():  # PiSSA writes into W (an embedding refuses PiSSA itself)
+        mod = model.get_submodule(path)
+        linear = isinstance(mod.base if isinstance(mod, LoRALayer) else mod, Linear)
+        if settings.init == "pissa" and linear and tied_to(model, path):
+            raise tied_weight_error("a PiSSA init", path, tied_to(model, path))
+
+
+def _rollback(model: Module, name: str, done: list, flags: dict) -> None:
+    """Undo a part-way attach_adapter: modules, PiSSA's weights and requires_grad as they were."""
+    for path, before, weight in reversed(done):
+        now = model.get_submodule(path)
+        if name in getattr(now, "adapters", ()):
+            del now.adapters[name]
+        if now is not before:
+            model.set_submodule(path, before)
+        if weight is not None:
+            (before.base if isinstance(before, LoRALayer) else before).weight.data = weight
+    for p in model.parameters():
+        p.requires_grad = flags.get(id(p), p.requires_grad)
+
+
 def apply_lora(model: Module, config: LoRAConfig, adapter_name: str = "default") -> Module:
     """Replace each targeted nn.Linear with a LoRALinear and freeze everything but the adapters.
 
     As PEFT's get_peft_model does, all other parameters are frozen (see mark_only_lora_trainable
-    for config.bias and config.modules_to_save). A target that is already adapted is refused:
-    use add_adapter for a second adapter.
+    for config.bias); config.modules_to_save get a trained copy of their own. A target that is
+    already adapted is refused: use add_adapter for a second adapter.
     """
-    targets = find_targets(model, config)
-    adapted = [n for n in targets if isinstance(model.get_submodule(n), LoRALayer)]
+    plan = plan_adapter(model, config)
+    adapted = [n for n in plan if isinstance(model.get_submodule(n), LoRALayer)]
     if adapted:
         raise ValueError(
             f"{', '.join(adapted)} already has LoRA adapters; use lora.add_adapter(model, name, config) "
             "to add another adapter"
         )
-    _check_can_adapt(model, targets, config, adapter_name)
-    if config.modules_to_save:  # checked here too, so that a bad name changes nothing
-        probe = LoRAConfig(target_modules=config.modules_to_save)
-        if not any(n and probe.matches(n) for n, _ in model.named_modules()):
-            raise ValueError(f"modules_to_save={config.modules_to_save!r} matches no module")
-    for name in targets:
-        model.set_submodule(
-            name, _wrap(model.get_submodule(name), adapter_name, config, tied_to(model, name))
-        )
-    mark_only_lora_trainable(model, config.bias, config.modules_to_save)
+    saves = find_modules_to_save(model, config.modules_to_save)
+    attach_adapter(model, adapter_name, plan, saves, extend=True)
+    set_adapter(model, adapter_name)
+    mark_only_lora_trainable(model, config.bias)
     return model
-
-
-def _check_can_adapt(model: Module, targets: list, config: LoRAConfig, adapter_name: str) -> None:
-    """Raise before anything changes if adding the adapter to `targets` would fail part-way."""
-    if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
-        raise ValueError(f"adapter names must be identifiers (letters, digits, _), got {adapter_name!r}")
-    if config.init == "pissa":
-        for name in targets:
-            mod = model.get_submodule(name)
-            base = mod.base if isinstance(mod, LoRALayer) else mod
-            if tied_to(model, name) and not isinstance(base, Embedding):  # (embeddings refuse PiSSA anyway)
-                raise tied_weight_error("a PiSSA init", name, tied_to(model, name))
-            shape = base.weight.shape
-            if config.r > min(shape):
-                raise ValueError(
-                    f"pissa init: r={config.r} is larger than min{shape} of the weight of {name}"
-                )
 
 
 def add_adapter(model: Module, name: str, config: LoRAConfig) -> Module:
@@ -121,27 +249,13 @@ def add_adapter(model: Module, name: str, config: LoRAConfig) -> Module:
     Targets already adapted get the new adapter beside their others; plain nn.Linear targets
     are wrapped. Activate it with set_adapter(model, name).
     """
-    existing = {n for _, layer in lora_layers(model) for n in layer.adapters}
-    if name in existing:
-        raise ValueError(f"adapter {name!r} already exists; delete_adapter first or pick another name")
-    targets = find_targets(model, config)
-    _check_can_adapt(model, targets, config, name)
     had_lora = bool(lora_layers(model))
-    merged = [n for n, layer in lora_layers(model) if layer.merged]
-    if merged:
-        raise RuntimeError(f"unmerge before adding adapters (merged layers: {', '.join(merged)})")
-    for target in targets:
-        mod = model.get_submodule(target)
-        if isinstance(mod, LoRALayer):
-            mod.add_adapter(name, config)
-        else:
-            layer = _wrap(mod, name, config, tied_to(model, target))
-            layer.set_adapter(None)  # a plain layer stays plain until `name` is activated
-            model.set_submodule(target, layer)
-    if not any(layer.active for _, layer in lora_layers(model)):
+    plan = plan_adapter(model, config)
+    attach_adapter(model, name, plan, find_modules_to_save(model, config.modules_to_save))
+    if active_adapter(model) is None:
         set_adapter(model, name)
         if not had_lora:  # the first adapter: freeze the base as apply_lora does
-            mark_only_lora_trainable(model, config.bias, config.modules_to_save)
+            mark_only_lora_trainable(model, config.bias)
     else:
         _freeze_inactive(model)
     return model
@@ -150,7 +264,7 @@ def add_adapter(model: Module, name: str, config: LoRAConfig) -> Module:
 def adapter_names(model: Module, layers: list | None = None) -> list:
     """Names of all adapters in the model, in the order they were added."""
     names = []
-    for _, layer in lora_layers(model) if layers is None else layers:
+    for _, layer in _wrapped(model) if layers is None else layers:
         names += [n for n in layer.adapters if n not in names]
     return names
 
@@ -163,13 +277,11 @@ def active_adapter(model: Module):
 
 def set_adapter(model: Module, name: str) -> Module:
     """Make `name` the active adapter in every layer that has it; only it will train."""
-    layers = lora_layers(model)  # one walk of the module tree: swapping is meant to be cheap
+    layers = _wrapped(model)  # one walk of the module tree: swapping is meant to be cheap
     names = adapter_names(model, layers)
     if name not in names:
         raise KeyError(f"no adapter named {name!r}; the model has: {', '.join(names) or 'none'}")
-    merged = [layer.merged for _, layer in layers if layer.merged and layer.merged != name]
-    if merged:
-        raise RuntimeError(f"adapter {merged[0]!r} is merged; call lora.unmerge_lora(model) before switching")
+    check_unmerged(model, f"switching to adapter {name!r}", allowed=name)
     for _, layer in layers:
         layer.set_adapter(name if name in layer.adapters else None)
     _freeze_inactive(model, layers)
@@ -178,27 +290,24 @@ def set_adapter(model: Module, name: str) -> Module:
 
 def _freeze_inactive(model: Module, layers: list | None = None) -> None:
     """Adapters other than the active one never train (nor hold optimizer state)."""
-    for _, layer in lora_layers(model) if layers is None else layers:
+    for _, layer in _wrapped(model) if layers is None else layers:
         for n, ad in layer.adapters.items():
-            ad.requires_grad_(n == layer.active)  # A, B and any other adapter parameter
+            ad.requires_grad_(n == layer.active)
 
 
 def delete_adapter(model: Module, name: str) -> Module:
-    """Remove adapter `name` everywhere; a layer left with no adapter becomes its nn.Linear again."""
-    layers = [(n, layer) for n, layer in lora_layers(model) if name in layer.adapters]
+    """Remove adapter `name` everywhere; a layer left with no adapter becomes its plain module again."""
+    layers = [(n, layer) for n, layer in _wrapped(model) if name in layer.adapters]
     if not layers:
         raise KeyError(
             f"no adapter named {name!r}; the model has: {', '.join(adapter_names(model)) or 'none'}"
         )
-    merged = [n for n, layer in layers if layer.merged == name]
-    if merged:
-        raise RuntimeError(f"adapter {name!r} is merged in {', '.join(merged)}; unmerge before deleting it")
+    check_unmerged(model, f"deleting adapter {name!r}", only=name)
     was_active = active_adapter(model) == name
     for path, layer in layers:
         layer.delete_adapter(name)
         if not len(layer.adapters):
-            base = layer.base
-            model.set_submodule(path, base)
+            model.set_submodule(path, layer.base)
     remaining = adapter_names(model)
     if was_active and remaining:  # as PEFT does: another adapter takes over
         set_adapter(model, remaining[0])
@@ -207,11 +316,9 @@ def delete_adapter(model: Module, name: str) -> Module:
 
 @contextlib.contextmanager
 def disable_adapters(model: Module):
-    """Inside this block every adapted layer computes exactly its base output."""
-    layers = [layer for _, layer in lora_layers(model)]
-    merged = [layer.merged for layer in layers if layer.merged]
-    if merged:
-        raise RuntimeError(f"adapter {merged[0]!r} is merged into the weights; unmerge_lora(model) first")
+    """Inside this block every adapted layer computes exactly its base output (and saved modules their original)."""
+    check_unmerged(model, "disable_adapters")
+    layers = [layer for _, layer in _wrapped(model)]
     previous = [layer.disabled for layer in layers]
     for layer in layers:
         layer.disabled = True
@@ -251,50 +358,37 @@ def unmerge_lora(model: Module) -> Module:
 
 
 def merge_and_unload(model: Module) -> Module:
-    """Merge the active adapters and put plain nn.Linear layers back (no LoRA left)."""
+    """Merge the active adapters and put plain modules back (no LoRA left; saved modules keep the active copy)."""
     _check_untied(model)
-    for path, layer in lora_layers(model):
-        layer.merge()
-        model.set_submodule(path, layer.base)
+    for path, layer in _wrapped(model):
+        if isinstance(layer, LoRALayer):
+            layer.merge()
+            model.set_submodule(path, layer.base)
+        else:
+            model.set_submodule(path, layer.current())
     return model
 
 
 def mark_only_lora_trainable(model: Module, bias: str = "none", modules_to_save=None) -> Module:
-    """Freeze every parameter except the active adapters' A and B.
+    """Freeze every parameter except the active adapters' (and their modules_to_save copies).
 
     bias="all" also trains every bias, bias="lora_only" the biases of adapted layers;
-    modules_to_save (names, matched like target_modules; by default those of the adapters'
-    configs) train fully, e.g. a new classifier head.
+    modules_to_save (names, matched like target_modules) also train fully, e.g. a new classifier head.
     """
-    if modules_to_save is None:
-        modules_to_save = tuple(
-            {
-                m
-                for _, layer in lora_layers(model)
-                for ad in layer.adapters.items()
-                for m in ad[1].config.modules_to_save
-            }
-        )
-    if bias not in ("none", "all", "lora_only"):
-        raise ValueError(f"mark_only_lora_trainable: bias must be 'none', 'all' or 'lora_only', got {bias!r}")
+    check_bias("mark_only_lora_trainable", bias)
+    found = [model.get_submodule(p) for p in find_modules_to_save(model, modules_to_save)]
     model.requires_grad_(False)
     _freeze_inactive(model)
     for _, layer in lora_layers(model):
         if bias == "lora_only" and getattr(layer.base, "bias", None) is not None:
             layer.base.bias.requires_grad_(True)
     if bias == "all":
+        originals = [n + ".base." for n, _ in saved_modules(model)]
         for n, p in model.named_parameters():
-            if n.endswith("bias"):
+            if n.endswith("bias") and not n.startswith(tuple(originals)):
                 p.requires_grad_(True)
-    if modules_to_save:
-        probe = LoRAConfig(
-            target_modules=tuple(modules_to_save) if not isinstance(modules_to_save, str) else modules_to_save
-        )
-        found = [m for n, m in model.named_modules() if n and probe.matches(n)]
-        if not found:
-            raise ValueError(f"modules_to_save={modules_to_save!r} matches no module")
-        for m in found:
-            m.requires_grad_(True)
+    for m in found:
+        (m.current() if isinstance(m, ModulesToSave) else m).requires_grad_(True)
     return model
 
 
@@ -355,7 +449,7 @@ def parameter_report(model: Module) -> ParameterReport:
     rows, seen = [], set()
     lora_names = [n for n, _ in lora_layers(model)]
     for name, mod in model.named_modules():
-        if _inside_lora(name, lora_names):
+        if _inside(name, lora_names):
             continue
         if isinstance(mod, LoRALayer):
             params = list(mod.named_parameters())

@@ -24,7 +24,7 @@ from .._version import __version__
 from ..io import WeightFileError, atomic_path, load_weights, read_metadata, save_weights
 from ..nn import Linear, Module, Parameter
 from ..nn.checks import integer, number
-from .config import _match, _patterns
+from .config import check_patterns, match_names
 from .files import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -60,15 +60,15 @@ class VeRAConfig:
         self.d_initial = number("VeRAConfig", "d_initial", self.d_initial)
         if self.bias != "none" or self.modules_to_save:
             raise ValueError("VeRAConfig: only bias='none' and no modules_to_save are supported here")
-        self.target_modules = _patterns("target_modules", self.target_modules)
+        self.target_modules = check_patterns("target_modules", self.target_modules)
         if not self.target_modules:
             raise ValueError("VeRAConfig: target_modules is empty; name at least one module")
-        self.exclude_modules = _patterns("exclude_modules", self.exclude_modules)
+        self.exclude_modules = check_patterns("exclude_modules", self.exclude_modules)
         self.modules_to_save = ()
 
     def matches(self, name: str) -> bool:
         """True if the module called `name` is a target and not excluded."""
-        return _match(self.target_modules, name) and not _match(self.exclude_modules, name)
+        return match_names(self.target_modules, name) and not match_names(self.exclude_modules, name)
 
     def to_dict(self) -> dict:
         """PEFT's VeraConfig keys (save_projection false: the pair is regenerated from the key)."""

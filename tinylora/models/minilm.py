@@ -191,6 +191,8 @@ class BertEmbeddings(Module):
 class MiniLM(Module):
     """A BERT encoder: model(ids, mask) -> hidden states (B, T, C); embed(texts) -> (B, C)."""
 
+    peft_base_model = "sentence-transformers/all-MiniLM-L6-v2"  # base_model_name_or_path in adapter files
+
     def __init__(self, config: BertConfig | None = None):
         super().__init__()
         self.config = config = config or BertConfig()
@@ -251,6 +253,14 @@ class MiniLM(Module):
         for layer in self.layers:
             x = layer(x, keys)  # (B, T, C)
         return x
+
+    def peft_module_names(self) -> dict:
+        """{tinylora module path: BertModel module path} (the module docstring's table), for adapter files."""
+        names = {ours: theirs for theirs, ours in EMBEDDING_NAMES.items()}
+        for i in range(self.config.n_layers):
+            for theirs, ours in LAYER_NAMES.items():
+                names[f"layers.{i}.{ours}"] = f"encoder.layer.{i}.{theirs}"
+        return names
 
     def encode(self, texts, max_length: int | None = None):
         """Token ids (B, T) int64 and mask (B, T) bool of a text or list of texts (right-padded)."""
