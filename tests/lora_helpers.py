@@ -98,3 +98,13 @@ def copy_adapter(src, name, dst):
         if name in layer.adapters:
             dst_layers[path].lora_A.data = layer.adapters[name].lora_A.data.copy()
             dst_layers[path].lora_B.data = layer.adapters[name].lora_B.data.copy()
+
+
+def fill(model, name="default", seed=1):
+    """Random A and B for adapter `name`, as if trained."""
+    rng = np.random.default_rng(seed)
+    for _, layer in lora.lora_layers(model):
+        if name in layer.adapters:
+            for p in (layer.adapters[name].lora_A, layer.adapters[name].lora_B):
+                p.data = (rng.standard_normal(p.shape) * 0.3).astype(p.dtype)
+    return model

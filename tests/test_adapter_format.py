@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lora_helpers import fill
 from safetensors.numpy import load_file, save_file
 
 import tinylora as tl
@@ -25,15 +26,6 @@ def old_base():
     model = models.GPT(models.GPTConfig(**TINY, tie_weights=False))
     model.load(OLD / "base.safetensors")
     return model.eval()
-
-
-def fill(model, name="default", seed=1):
-    rng = np.random.default_rng(seed)
-    for _, layer in lora.lora_layers(model):
-        if name in layer.adapters:
-            for p in (layer.adapters[name].lora_A, layer.adapters[name].lora_B):
-                p.data = (rng.standard_normal(p.shape) * 0.3).astype(p.dtype)
-    return model
 
 
 def ids():

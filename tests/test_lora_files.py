@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from lora_helpers import fill
 from safetensors.numpy import load_file, save_file
 
 import tinylora as tl
@@ -29,16 +30,6 @@ def token_ids(seed=0):
 
 def logits(model, ids=None):
     return model(token_ids() if ids is None else ids).numpy().copy()
-
-
-def fill(model, name="default", seed=1):
-    """Random A and B for adapter `name`, as if trained."""
-    rng = np.random.default_rng(seed)
-    for _, layer in lora.lora_layers(model):
-        if name in layer.adapters:
-            for p in (layer.adapters[name].lora_A, layer.adapters[name].lora_B):
-                p.data = (rng.standard_normal(p.shape) * 0.3).astype(p.dtype)
-    return model
 
 
 def trained(config=None, seed=0, **gpt_kw):
