@@ -30,6 +30,7 @@ APPENDICES = sorted((ROOT / "chapters").glob("appendix-*.md"))
 SUMMARY_AND_EXERCISES = [
     "01-what-lora-is",
     "02-low-rank-by-hand",
+    "03-autograd-from-scratch",
     "04-layers-losses-optimizers",
     "06-a-tiny-transformer",
     "10-backends-and-timing",
@@ -188,7 +189,9 @@ def test_chapter_ends_with_a_summary_and_exercises_with_starting_cells(stem):
     )
     cells = json.loads((ROOT / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
     start = [
-        i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and "## Try it" in "".join(c["source"])
+        i
+        for i, c in enumerate(cells)
+        if c["cell_type"] == "markdown" and re.search(r"^## (\d+\. )?Try it", "".join(c["source"]), re.M)
     ]
     assert start, f"{stem}.ipynb has no '## Try it' section"
     runnable = [c for c in cells[start[-1] :] if c["cell_type"] == "code" and c.get("outputs")]
