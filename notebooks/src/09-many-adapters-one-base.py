@@ -813,3 +813,33 @@ if HAVE_PEFT:
           f"{np.abs(back.eval()(windows).numpy() - theirs).max():.2e}")
 
 shutil.rmtree(WORK)
+
+# %% [markdown]
+# ## 12. Try it
+#
+# Starting cells for the chapter's exercises; each runs as it is.
+#
+# **1. Turn an adapter up or down.** An adapter adds s B A to each weight; scale s and the
+# server's comedies adapter moves between the plain base (0) and past what it was trained to
+# be. Where on this dial is the comedies loss lowest?
+
+# %%
+lora.set_adapter(server, "comedies")
+for factor in (0.0, 0.5, 1.0, 1.5):  # <- try others
+    for _, layer in lora.lora_layers(server):
+        layer.adapters["comedies"].scaling = factor * CONFIG.alpha / CONFIG.r
+    print(f"s = {factor:.1f} x alpha/r: comedies held-out loss {val_loss(server, data['comedies'].val):.4f}")
+for _, layer in lora.lora_layers(server):
+    layer.adapters["comedies"].scaling = CONFIG.alpha / CONFIG.r  # as trained
+
+# %% [markdown]
+# **2. One more style, quickly.** The shared recipe for another genre at another learning rate,
+# for a short run: change the genre (`"comedies"`, `"histories"`, `"tragedies"`), the rate and
+# the steps.
+
+# %%
+STEPS, saved_steps = (3 if FAST else 60), STEPS  # <- a short run
+m_try, h_try = train_adapter("tragedies", 2e-3, STEPS)
+STEPS = saved_steps
+print(f"tragedies adapter after {STEPS if FAST else 60} steps at lr 2e-3: held-out loss "
+      f"{h_try.final['eval_loss']:.4f} (base {table[0, 2]:.4f})")
