@@ -289,3 +289,30 @@ def test_a_non_finite_loraplus_ratio_is_refused_by_the_optimizer():
     lora.apply_lora(model, lora.LoRAConfig(r=1, target_modules=("fc1",)))
     with pytest.raises(ValueError, match="lr must be a finite number"):
         lora.create_loraplus_optimizer(model, tl.optim.AdamW, 1e-3, loraplus_lr_ratio=float("nan"))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("vocab_size", "65"),
+        ("block_size", 64.5),
+        ("n_layer", 0),
+        ("n_head", True),
+        ("n_embd", float("nan")),
+        ("dropout", float("nan")),
+        ("dropout", 1.0),
+        ("dropout", "0.1"),
+        ("tie_weights", "yes"),
+    ],
+)
+def test_gpt_config_refuses_bad_sizes_naming_the_field(field, value):
+    kwargs = dict(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    kwargs[field] = value
+    with pytest.raises(ValueError, match=rf"GPTConfig: {field} must be .*got {re.escape(repr(value))}"):
+        models.GPTConfig(**kwargs)
+
+
+def test_gpt_config_takes_numpy_integers_as_plain_ints():
+    cfg = models.GPTConfig(vocab_size=np.int64(11), block_size=np.int32(8), n_layer=1, n_head=2, n_embd=8)
+    assert type(cfg.vocab_size) is int and type(cfg.block_size) is int
+    assert cfg.to_dict()["vocab_size"] == 11

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from .. import backend
 from .. import functional as F
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList
+from ..nn.checks import flag
 from ..nn.layers import normal
 from ..tensor import Tensor, no_grad
 
@@ -29,12 +31,18 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"GPTConfig: {name} must be a positive integer, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"GPTConfig: {name} must be a positive integer, got {v!r}")
+            setattr(self, name, int(v))  # NumPy integers become plain ints (JSON cards)
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not a multiple of n_head={self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+        d = self.dropout
+        if isinstance(d, (bool, str)) or not isinstance(d, numbers.Real) or not 0.0 <= d < 1.0:
+            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {d!r}")
+        self.dropout = float(d)
+        self.bias = flag("GPTConfig", "bias", self.bias)
+        self.tie_weights = flag("GPTConfig", "tie_weights", self.tie_weights)
 
     def to_dict(self) -> dict:
         return asdict(self)
