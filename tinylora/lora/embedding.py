@@ -14,13 +14,13 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..nn import Embedding, Module, Parameter
+from ..nn import Embedding, Parameter
 from ..nn.layers import normal
 from .config import LoRAConfig, adapter_settings
-from .layer import LoRALayer
+from .layer import AdapterBase, LoRALayer
 
 
-class EmbeddingAdapter(Module):
+class EmbeddingAdapter(AdapterBase):
     """One adapter of an embedding: lora_embedding_A (r, num), lora_embedding_B (dim, r)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, config: LoRAConfig, dtype=np.float32):
@@ -39,12 +39,6 @@ class EmbeddingAdapter(Module):
     def file_tensors(self) -> dict:
         """{key suffix: Parameter} as PEFT names them in adapter files."""
         return {"lora_embedding_A": self.lora_embedding_A, "lora_embedding_B": self.lora_embedding_B}
-
-    def merged_weight(self, w):
-        return w + self.delta().astype(w.dtype)
-
-    def unmerged_weight(self, w):
-        return w - self.delta().astype(w.dtype)
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}"

@@ -52,7 +52,22 @@ def tied_weight_error(what: str, name: str, others) -> RuntimeError:
     )
 
 
-class Adapter(Module):
+class AdapterBase(Module):
+    """What every adapter shares: its weight change delta() is added on merge, taken out on unmerge."""
+
+    def delta(self):
+        raise NotImplementedError
+
+    def merged_weight(self, w):
+        """The base weight w with this adapter's delta() folded in."""
+        return w + self.delta().astype(w.dtype)
+
+    def unmerged_weight(self, w):
+        """Undo merged_weight: the base weight as it was before the merge."""
+        return w - self.delta().astype(w.dtype)
+
+
+class Adapter(AdapterBase):
     """One adapter: lora_A (r, in), lora_B (out, r), its scaling and dropout (+ DoRA's magnitude)."""
 
     def __init__(self, in_features: int, out_features: int, config: LoRAConfig, dtype=np.float32):
@@ -81,19 +96,19 @@ class Adapter(Module):
 
     def merged_weight(self, w):
         """The base weight w (out, in) with this adapter folded in (DoRA: m * (W + sBA) / norm)."""
+        v = super().merged_weight(w)
         if not self.dora:
-            return w + self.delta().astype(w.dtype)
-        v = w + self.delta().astype(w.dtype)
+            return v
         self._dora_factor = dora_factor(self.lora_magnitude_vector.data, v)  # (out,)
         return self._dora_factor[:, None] * v
 
     def unmerged_weight(self, w):
         """Undo merged_weight: the base weight as it was before the merge."""
         if not self.dora:
-            return w - self.delta().astype(w.dtype)
+            return super().unmerged_weight(w)
         v = w / self._dora_factor[:, None]
         self._dora_factor = None
-        return v - self.delta().astype(w.dtype)
+        return super().unmerged_weight(v)
 
     def extra_repr(self) -> str:
         dora = ", dora" + (" (exact grad)" if self.dora_exact else "") if self.dora else ""

@@ -34,7 +34,7 @@ from .files import (
     _fingerprint,
     read_adapter_config,
 )
-from .layer import LoRALayer
+from .layer import AdapterBase, LoRALayer
 from .model import delete_adapter, find_targets, lora_layers, mark_only_lora_trainable
 
 PREFIX = "base_model.model."
@@ -115,7 +115,7 @@ def projections(config: VeRAConfig, out_max: int, in_max: int, dtype=np.float32)
     return a.astype(dtype), b.astype(dtype)
 
 
-class VeRAAdapter(Module):
+class VeRAAdapter(AdapterBase):
     """vera_lambda_d (r,) and vera_lambda_b (out,), trained; the shared A, B are plain arrays."""
 
     def __init__(self, vera_A, vera_B, in_features: int, out_features: int, config: VeRAConfig, dtype):
@@ -145,12 +145,6 @@ class VeRAAdapter(Module):
 
     def file_tensors(self) -> dict:
         return {"vera_lambda_b": self.vera_lambda_b, "vera_lambda_d": self.vera_lambda_d}
-
-    def merged_weight(self, w):
-        return w + self.delta().astype(w.dtype)
-
-    def unmerged_weight(self, w):
-        return w - self.delta().astype(w.dtype)
 
     def extra_repr(self) -> str:
         return f"r={self.r} (shared A {self.vera_A.shape}, B {self.vera_B.shape})"
