@@ -101,9 +101,14 @@ def _inside(name: str, outer: list) -> bool:
     return any(name.startswith(o + ".") for o in outer)
 
 
-def check_unmerged(model: Module, doing: str, allowed: str | None = None, only: str | None = None) -> None:
-    """The one "refused while merged" guard: raise if an adapter is merged (other than `allowed`; or `only` that one)."""
-    merged = [(n, layer.merged) for n, layer in lora_layers(model) if layer.merged]
+def check_unmerged(
+    model: Module, doing: str, allowed: str | None = None, only: str | None = None, layers: list | None = None
+) -> None:
+    """The one "refused while merged" guard: raise if an adapter is merged (other than `allowed`; or `only` that one).
+
+    `layers`: the model's (name, module) wrappers if the caller already walked the tree."""
+    layers = lora_layers(model) if layers is None else [(n, m) for n, m in layers if isinstance(m, LoRALayer)]
+    merged = [(n, layer.merged) for n, layer in layers if layer.merged]
     merged = [(n, m) for n, m in merged if m != allowed and (only is None or m == only)]
     if merged:
         raise RuntimeError(
@@ -281,7 +286,7 @@ def set_adapter(model: Module, name: str) -> Module:
     names = adapter_names(model, layers)
     if name not in names:
         raise KeyError(f"no adapter named {name!r}; the model has: {', '.join(names) or 'none'}")
-    check_unmerged(model, f"switching to adapter {name!r}", allowed=name)
+    check_unmerged(model, f"switching to adapter {name!r}", allowed=name, layers=layers)
     for _, layer in layers:
         layer.set_adapter(name if name in layer.adapters else None)
     _freeze_inactive(model, layers)
