@@ -172,7 +172,7 @@ plt.show()
 variants = {
     "full": bench.gpt_tinylora_step(problem),
     "LoRA r=8": bench.gpt_tinylora_step(problem, 8),
-    "floor": bench.gpt_tinylora_step(problem, floor=True),
+    "floor": bench.gpt_tinylora_step(problem, bias_only=True),
 }
 times = {k: [] for k in variants}
 for _ in range(3):

@@ -144,17 +144,14 @@ def gpt_problem(n_embd: int = 128, batch: int = GPT_BATCH, seed: int = 0, **over
     return {"config": shape, "state": state, "x": ids[:, :-1], "y": ids[:, 1:]}
 
 
-def gpt_tinylora_step(
-    problem: dict, lora_r: int | None = None, lr: float = 1e-3, bias_only: bool = False, floor: bool = False
-):
+def gpt_tinylora_step(problem: dict, lora_r: int | None = None, lr: float = 1e-3, bias_only: bool = False):
     """One AdamW training step of the GPT: full fine-tuning, LoRA r on q_proj and v_proj, or bias-only.
 
-    bias_only=True trains only the biases of q_proj and v_proj (see the module docstring);
-    floor=True is its former name, kept for notebook 10.
+    bias_only=True trains only the biases of q_proj and v_proj (see the module docstring).
     """
     model = GPT(GPTConfig(**problem["config"]))
     model.load_state_dict(problem["state"])
-    if bias_only or floor:
+    if bias_only:
         for name, p in model.named_parameters():
             p.requires_grad_(name.endswith(("q_proj.bias", "v_proj.bias")))
     elif lora_r:
