@@ -33,6 +33,7 @@ SUMMARY_AND_EXERCISES = [
     "03-autograd-from-scratch",
     "04-layers-losses-optimizers",
     "06-a-tiny-transformer",
+    "07-lora-on-the-transformer",
     "09-many-adapters-one-base",
     "10-backends-and-timing",
     "11-a-real-pretrained-model",

@@ -486,7 +486,24 @@ for name, res in results.items():
 #    the same on genres the base trained on but this chapter did not measure?
 
 # %%
+# Try it 1: the rank sweep with alpha = 2r at the rate tuned for alpha fixed (the same run at r = 8)
+for r in RANKS:
+    fixed, doubled = run(QV, r, ALPHA, LR_LORA), run(QV, r, 2 * r, LR_LORA)
+    d, se = paired_diff(doubled["scores"]["comedies"], fixed["scores"]["comedies"])
+    print(f"r = {r:>2}: alpha fixed {fixed['final']:.4f}, alpha = 2r {doubled['final']:.4f} (difference {d:+.4f} ± {se:.4f})")
+
+# %%
 # Try it 2: adapters on o_proj and down_proj only, at the q,v learning rate
 res = run(("o_proj", "down_proj"), 8, ALPHA, LR_LORA)
 print(f"o_proj + down_proj r=8: learned {res['gain'][0]:.4f} ± {res['gain'][1]:.4f}, "
       f"own genres {res['forgot'][0]:+.4f} ± {res['forgot'][1]:.4f}, {res['trainable']:,} parameters")
+
+# %%
+# Try it 3: forgetting on a genre this chapter did not measure (the romances, which the base trained on)
+romances = heldout_set("romances", block_size=BLOCK, n=N_EVAL)
+base_rom = window_losses(load_base("shakespeare").model, *romances)
+for name, res in (("full FT", run(None, lr=LR_FULL)), ("q,v r=8", run(QV, 8, ALPHA, LR_LORA)),
+                  ("all linear r=8", run(ALL, 8, ALPHA, LR_ALL))):
+    d, se = paired_diff(window_losses(res["model"], *romances), base_rom)
+    print(f"{name:>15}: romances {d:+.4f} ± {se:.4f} (histories + tragedies {res['forgot'][0]:+.4f} ± {res['forgot'][1]:.4f})")
+
