@@ -32,6 +32,7 @@ SUMMARY_AND_EXERCISES = [
     "02-low-rank-by-hand",
     "03-autograd-from-scratch",
     "04-layers-losses-optimizers",
+    "05-the-lora-layer",
     "06-a-tiny-transformer",
     "07-lora-on-the-transformer",
     "09-many-adapters-one-base",

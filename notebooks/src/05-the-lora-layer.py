@@ -538,3 +538,29 @@ for name, res in results.items():
 # Try it 1: one rsLoRA column at a larger rank (about 10 seconds per learning rate)
 for lr in GRID_LRS:
     print(f"rsLoRA r=64, lr {lr:g}: rotated test loss {run(lora_config('rsLoRA (alpha = 2 sqrt 8)', 64), lr, 0)['loss']:.3f}")
+
+# %%
+# Try it 2: fc1 alone at r = 12 (2,304 parameters) against all three layers at r = 4 (2,344), 3 seeds
+fc1_only = [run(lora.LoRAConfig(r=12, alpha=16, target_modules=("fc1",)), LR_LORA, seed) for seed in SWEEP_SEEDS]
+three = [run(lora.LoRAConfig(r=4, alpha=16, target_modules=TARGETS), LR_LORA, seed) for seed in SWEEP_SEEDS]
+d, se = paired_diff(np.mean([o["correct"] for o in fc1_only], axis=0), np.mean([o["correct"] for o in three], axis=0))
+print(f"fc1 only, r=12 ({fc1_only[0]['trainable']:,} parameters): {np.mean([o['acc'] for o in fc1_only]):.2%}; "
+      f"fc1, fc2, fc3 at r=4 ({three[0]['trainable']:,}): {np.mean([o['acc'] for o in three]):.2%}; "
+      f"difference {100 * d:+.2f} ± {100 * se:.2f} points (seeds: {len(SWEEP_SEEDS)}, paired over {len(y_test)} images)")
+
+# %%
+# Try it 3: A = 0 and B random; is the output still the base's, and which factor gets a gradient?
+swapped = load_base("digits").model
+tl.manual_seed(0)
+lora.apply_lora(swapped, lora.LoRAConfig(r=4, alpha=16, target_modules=TARGETS))
+base_logits = load_base("digits").model.eval()(x_test).data
+for _, layer in lora.lora_layers(swapped):
+    layer.lora_B.data = np.random.default_rng(0).normal(0, 0.1, layer.lora_B.data.shape).astype(np.float32)
+    layer.lora_A.data = np.zeros_like(layer.lora_A.data)
+swapped.eval()
+print("same output as the base:", np.array_equal(swapped(x_test).data, base_logits))
+swapped.train()
+F.cross_entropy(swapped(xb), yb).backward()
+for name, layer in lora.lora_layers(swapped):
+    print(f"  {name}: ||grad A|| {np.linalg.norm(layer.lora_A.grad):.4f} | ||grad B|| {np.linalg.norm(layer.lora_B.grad):.4f}")
+
