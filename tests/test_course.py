@@ -38,6 +38,7 @@ SUMMARY_AND_EXERCISES = [
     "09-many-adapters-one-base",
     "10-backends-and-timing",
     "11-a-real-pretrained-model",
+    "12-the-lora-family",
 ]
 NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?")
 

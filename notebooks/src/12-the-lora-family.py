@@ -441,3 +441,18 @@ sampler = WindowSampler(comedies.train, BLOCK, BATCH, seed=0)
 hist = train(model, make_opt(gpt["DoRA"]["lr"]), sampler.sample, GPT_STEPS, eval_every=GPT_STEPS, seed=0, progress=False)
 print(f"DoRA exact gradient: held-out comedy loss {window_losses(model, *HELD['comedies']).mean():.4f} "
       f"(detached, as above: {gpt_rows['DoRA']['loss']:.4f})")
+
+# %%
+# try it 3: VeRA at r = 256 on the comedies, at VeRA's tuned rate: the adapter grows by r per layer
+model, make_opt = gpt_model("VeRA")  # r = 64, as in the comparison
+small = lora.count_parameters(model)["trainable"]
+model = load_base("shakespeare").model
+tl.manual_seed(0)
+make_opt = prepare(model, "VeRA", ALL_LINEAR, vera_r=256)
+sampler = WindowSampler(comedies.train, BLOCK, BATCH, seed=0)
+t0 = time.perf_counter()
+train(model, make_opt(gpt["VeRA"]["lr"]), sampler.sample, GPT_STEPS, eval_every=GPT_STEPS, seed=0, progress=False)
+print(f"VeRA r=256: {lora.count_parameters(model)['trainable']:,} trainable (r=64: {small:,}), "
+      f"{(time.perf_counter() - t0) / GPT_STEPS * 1000:.0f} ms a step, held-out comedy loss "
+      f"{window_losses(model, *HELD['comedies']).mean():.4f} (r=64: {gpt_rows['VeRA']['loss']:.4f})")
+
