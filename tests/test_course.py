@@ -25,21 +25,9 @@ PLANNED = [
     "12-the-lora-family",
 ]
 APPENDICES = sorted((ROOT / "chapters").glob("appendix-*.md"))
-# chapters that end with "## Summary" (three take-aways) and "## Try it" (two or three exercises
-# whose starting cells are in the notebook's "## Try it" section); add a chapter once it does
-SUMMARY_AND_EXERCISES = [
-    "01-what-lora-is",
-    "02-low-rank-by-hand",
-    "03-autograd-from-scratch",
-    "04-layers-losses-optimizers",
-    "05-the-lora-layer",
-    "06-a-tiny-transformer",
-    "07-lora-on-the-transformer",
-    "09-many-adapters-one-base",
-    "10-backends-and-timing",
-    "11-a-real-pretrained-model",
-    "12-the-lora-family",
-]
+# every chapter ends with "## Summary" (three take-aways) and "## Try it" (two or three exercises
+# whose starting cells are in the notebook's "## Try it" section)
+SUMMARY_AND_EXERCISES = PLANNED
 NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?")
 
 

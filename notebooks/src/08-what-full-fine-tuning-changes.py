@@ -141,16 +141,16 @@ dW = {n: full.get_submodule(n).weight.data.astype(np.float64) - W0[n] for n in L
 lora_runs = {}  # (r, seed) -> dict(loss, A, delta, seconds, trainable)
 
 
-def train_lora(r, seed):
+def train_lora(r, seed, init=None):
     model = load_base("shakespeare").model
-    tl.manual_seed(1000 * seed + r)  # A's random init: its own stream for every run
+    tl.manual_seed(1000 * seed + r if init is None else init)  # A's random init: its own stream for every run
     lora.apply_lora(model, lora.LoRAConfig(r=r, alpha=ALPHA, target_modules=TARGETS))
     trainable = lora.count_parameters(model)["trainable"]
     layers = dict(lora.lora_layers(model))
     A0 = {n: layers[n].lora_A.data.astype(np.float64) for n in ADAPTED}  # before training
     seconds, _ = finetune(model, LR_LORA, seed=seed, desc=f"lora r={r}")
     moved = np.mean([np.linalg.norm(layers[n].lora_A.data - A0[n]) / np.linalg.norm(A0[n]) for n in ADAPTED])
-    return dict(loss=comedy_loss(model, f"lora r={r} seed {seed}"), seconds=seconds, trainable=trainable, moved=moved,
+    return dict(loss=comedy_loss(model, f"lora r={r} seed {seed}" if init is None else None), seconds=seconds, trainable=trainable, moved=moved,
                 A={n: layers[n].lora_A.data.astype(np.float64) for n in ADAPTED}, A0=A0,
                 delta={n: layers[n].adapters[layers[n].active].delta().astype(np.float64) for n in ADAPTED})
 
@@ -481,7 +481,126 @@ print(f"{'mean':>22} {'':>6} {np.mean(amp['proj_own']):>9.3f} {np.mean(amp['proj
       f"{'':>9} {np.mean(amp['lora']):>9.3f}")
 
 # %% [markdown]
-# ## 8. Summary: the numbers the course quotes
+# ## 8. Rank against data
+#
+# Schulman et al. (2025, "LoRA Without Regret") find that LoRA trains like full fine-tuning as
+# long as the data holds less than the adapter can store, and falls behind once it holds more,
+# earlier at a lower rank. Here the amount of comedy text is the knob: the first 3,000, 25,000,
+# 200,000 or all 781,308 characters of the comedies' training text, each fine-tuned with this
+# chapter's recipe (400 steps of 16 windows, so from about 137 passes over the smallest set to
+# half a pass over the whole). LoRA goes on every linear layer (chapter 07's best placement, and
+# the paper's advice) at r = 1, 8 and 64 with alpha fixed at 16. All runs see batches from the
+# same sampler seed.
+#
+# Two losses for every run: on the text it trained on (how much of the data it could store; 512
+# windows evenly spaced over the training subset) and on the course's held-out comedy windows.
+# With many passes over little text the two disagree (what fits the training text best
+# overfits it), so each method gets its own learning rate per data size *for each loss*: from
+# a four-point grid (LoRA 3e-4 to 1e-2, full fine-tuning 3e-5 to 1e-3), the rate with the lowest
+# training-text loss for the "fit" columns and the rate with the lowest held-out loss for the
+# "held-out" columns.
+
+# %%
+DATA_SIZES = [3_000, len(comedies.train)] if FAST else [3_000, 25_000, 200_000, len(comedies.train)]
+DATA_RANKS = [1] if FAST else [1, 8, 64]
+DATA_LRS = {"full": [3e-4] if FAST else [3e-5, 1e-4, 3e-4, 1e-3],
+            "lora": [3e-3] if FAST else [3e-4, 1e-3, 3e-3, 1e-2]}
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
+LOSSES = ("fit", "held-out")
+
+
+def fit_windows(ids, n=N_EVAL):
+    """n windows evenly spaced over ids (the training subset): x, y of shape (n, BLOCK)."""
+    starts = np.linspace(0, len(ids) - BLOCK - 1, n).round().astype(np.int64)
+    index = starts[:, None] + np.arange(BLOCK)
+    return ids[index], ids[index + 1]
+
+
+def data_run(method, size, lr):
+    """Fine-tune on the first `size` training characters; returns (train-subset losses, held-out losses)."""
+    ids = comedies.train[:size]
+    model = load_base("shakespeare").model
+    if method != "full":
+        tl.manual_seed(2000 + method)  # each rank its own A init
+        lora.apply_lora(model, lora.LoRAConfig(r=method, alpha=ALPHA, target_modules=ALL_LINEAR))
+    opt = optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+    schedule = optim.CosineSchedule(opt, STEPS, warmup_steps=WARMUP, min_ratio=0.1)
+    sampler = WindowSampler(ids, BLOCK, BATCH, seed=SEED)
+    train(model, opt, sampler.sample, STEPS, eval_every=STEPS, schedule=schedule, clip_norm=1.0,
+          seed=SEED, progress=False)
+    xf, yf = fit_windows(ids)
+    return window_losses(model, xf, yf), window_losses(model, x_eval, y_eval)
+
+
+t0 = time.perf_counter()
+METHODS = ["full"] + DATA_RANKS
+grid = {}  # (method, size, lr) -> (train-subset losses, held-out losses)
+for size in DATA_SIZES:
+    for method in METHODS:
+        for lr in DATA_LRS["full" if method == "full" else "lora"]:
+            grid[method, size, lr] = data_run(method, size, lr)
+tuned = {}  # (method, size, which loss) -> the lr with the lowest mean of that loss
+for method in METHODS:
+    lrs = DATA_LRS["full" if method == "full" else "lora"]
+    for size in DATA_SIZES:
+        for which, _ in enumerate(LOSSES):
+            tuned[method, size, which] = min(lrs, key=lambda lr: grid[method, size, lr][which].mean())
+name_of = {m: "full FT" if m == "full" else f"LoRA r={m}" for m in METHODS}
+n_params = {"full": n_full}
+for r in DATA_RANKS:
+    probe = load_base("shakespeare").model
+    lora.apply_lora(probe, lora.LoRAConfig(r=r, alpha=ALPHA, target_modules=ALL_LINEAR))
+    n_params[r] = lora.count_parameters(probe)["trainable"]
+print(f"{len(grid)} runs of {STEPS} steps in {time.perf_counter() - t0:.0f} s; trainable parameters: "
+      + ", ".join(f"{name_of[m]} {n_params[m]:,}" for m in METHODS))
+for which, loss_name in enumerate(LOSSES):
+    print(f"\n{loss_name} loss, each method at its best rate for it (lr, loss):")
+    print(f"{'chars':>8} {'passes':>7} | " + " | ".join(f"{name_of[m]:>14}" for m in METHODS))
+    for size in DATA_SIZES:
+        cells = [f"{tuned[m, size, which]:>6.0e} {grid[m, size, tuned[m, size, which]][which].mean():>7.3f}" for m in METHODS]
+        print(f"{size:>8,} {STEPS * BATCH * BLOCK / size:>7.1f} | " + " | ".join(cells))
+    edge = [f"{name_of[m]} at {n:,} ({tuned[m, n, which]:.0e})" for m in METHODS for n in DATA_SIZES
+            if tuned[m, n, which] in (DATA_LRS["full" if m == "full" else "lora"][0], DATA_LRS["full" if m == "full" else "lora"][-1])]
+    print("best rate at an edge of its grid: " + (", ".join(edge) or "none"))
+print(f"\n(fit: loss on 512 windows of the text it trained on; held-out: the course's comedy windows; "
+      f"base held-out {base_loss:.4f})")
+
+# %% [markdown]
+# The gap to full fine-tuning, LoRA minus full FT with each at its best rate for that loss,
+# paired over the same windows (±2 SE over windows; one training seed, so compare with the
+# seed-to-seed difference of section 2):
+
+# %%
+print(f"{'chars':>8} | " + " | ".join(f"{name_of[r] + ' - full FT':^37}" for r in DATA_RANKS))
+print(f"{'':>8} | " + " | ".join(f"{'fit':>17} {'held-out':>19}" for _ in DATA_RANKS))
+gap = {}
+for size in DATA_SIZES:
+    cells = []
+    for r in DATA_RANKS:
+        for which, _ in enumerate(LOSSES):
+            gap[r, size, which] = paired_diff(grid[r, size, tuned[r, size, which]][which],
+                                              grid["full", size, tuned["full", size, which]][which])
+        (df, sf), (dh, sh) = gap[r, size, 0], gap[r, size, 1]
+        cells.append(f"{df:>+8.4f} ± {sf:.4f} {dh:>+9.4f} ± {sh:.4f}")
+    print(f"{size:>8,} | " + " | ".join(cells))
+print(f"seed-to-seed at r = {R_SMALL} (section 2, held-out): "
+      f"{vs(f'lora r={R_SMALL} seed {SEED + 1}', f'lora r={R_SMALL} seed {SEED}')}")
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
+for m in METHODS:
+    for ax, which in zip(axes, (0, 1)):
+        ax.plot(DATA_SIZES, [grid[m, n, tuned[m, n, which]][which].mean() for n in DATA_SIZES], "o-", label=name_of[m])
+axes[1].axhline(base_loss, color="gray", ls="--", label="base")
+for ax, title in zip(axes, ("loss on the text it trained on", "held-out comedy loss")):
+    ax.set_xscale("log")
+    ax.set(title=title, xlabel="comedy characters in the training set", ylabel="nats per character")
+axes[1].legend(fontsize=8)
+fig.suptitle(f"Rank against data: {STEPS} steps, each method at its best learning rate for each loss and data size")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 9. Summary: the numbers the course quotes
 
 # %%
 qv_e = {r: np.mean([spectrum[n]["curve"][r - 1] for n in ADAPTED]) for r in (1, 4, 8, 16)}
@@ -516,14 +635,33 @@ print(f"  amplification factor at r = {k} (mean): full FT dW {np.mean(amp['full'
       f"LoRA r={R_SMALL} delta {np.mean(amp['lora']):.3f}")
 
 # %% [markdown]
-# ## 9. Try it
+# ## 10. Try it
 #
-# 1. Turn weight decay on (`WEIGHT_DECAY = 0.1`) for full fine-tuning and look at the spectrum of
-#    one ΔW again: how much of it is now a shrunken copy of W?
+# 1. Turn weight decay on (`WEIGHT_DECAY = 0.1`) for full fine-tuning and look at one ΔW
+#    again: how much of it is now a shrunken copy of W? (The cell measures the cosine between
+#    ΔW and W with and without decay.)
 # 2. Truncate only the MLP deltas of full fine-tuning (up_proj, down_proj) to rank 8 and keep the
 #    rest: is the loss closer to the all-cut or to the untouched model?
-# 3. Compare the learned input directions of two LoRA runs that differ only in their batches
-#    (same init seed, another sampler seed): does the data or the start decide the directions?
+# 3. Start or data? Train an r = 8 adapter with the same start as the first one but other
+#    batches, and one with another start but the same batches, and compare their learned input
+#    directions with the first one's.
+
+# %%
+# Try it 1: full fine-tuning with weight decay 0.1; how much of dW points along -W?
+WEIGHT_DECAY = 0.1
+decayed = load_base("shakespeare").model
+finetune(decayed, LR_FULL, desc="full, decay")
+WEIGHT_DECAY = 0.0
+n = "blocks.0.attn.q_proj"
+dW_decay = decayed.get_submodule(n).weight.data.astype(np.float64) - W0[n]
+
+
+def cosine(a, b):
+    return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+print(f"{n}: cosine(dW, W) without decay {cosine(dW[n], W0[n]):+.3f}, with decay 0.1 {cosine(dW_decay, W0[n]):+.3f}; "
+      f"|dW| {np.linalg.norm(dW[n]):.4f} -> {np.linalg.norm(dW_decay):.4f}; held-out loss {comedy_loss(decayed):.4f}")
 
 # %%
 # Try it 2: full fine-tuning with only its MLP deltas cut to rank 8
@@ -531,3 +669,14 @@ mlp = [n for n in LINEAR if "mlp" in n]
 m = with_weights(full, {n: W0[n] + lowrank.low_rank_approx(dW[n], 8) for n in mlp})
 print(f"MLP deltas cut to rank 8: {comedy_loss(m):.4f} (full fine-tuning {full_loss:.4f}, all cut to 8 {trunc_all[8]:.4f})")
 with_weights(full, {n: W0[n] + dW[n] for n in LINEAR})  # put full fine-tuning back
+
+# %%
+# Try it 3: the first r = 8 run (start 8, batches of seed 0) against one with its start and other
+# batches, and one with another start and its batches; phi(1, 1) of the row space of s B A, mean over matrices
+same_start = train_lora(R_SMALL, SEED + 1, init=1000 * SEED + R_SMALL)
+same_data = train_lora(R_SMALL, SEED, init=1000 * (SEED + 1) + R_SMALL)
+first = learned(lora_runs[R_SMALL, SEED], FORMS[2])
+for name, run in (("same start, other batches", same_start), ("other start, same batches", same_data)):
+    other_dirs = learned(run, FORMS[2])
+    print(f"{name}: phi(1, 1) {np.mean([lowrank.subspace_similarity(first[n], other_dirs[n], 1, 1) for n in ADAPTED]):.3f}"
+          f" (both differ: {phi[FORMS[2], 'seed 0 vs 1', 1]:.3f}, random {rand_seed[0, 0]:.3f})")
