@@ -34,7 +34,8 @@ from tinylora.bases import ASSETS, FILES, load_base
 from tinylora.data import WindowSampler, list_plays, load_play, load_shakespeare, train_val_split
 from tinylora.io import load_weights, read_metadata, save_weights
 from tinylora.models import GPT, GPTConfig
-from tinylora.train import evaluate_lm, train
+from tinylora.evaluate import heldout_set, paired_diff, window_losses
+from tinylora.train import train
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 tl.manual_seed(0)
@@ -45,20 +46,20 @@ STEPS = 3 if FAST else 300       # optimizer steps per adapter
 LR = 1e-3                        # AdamW, no weight decay (the main experiment)
 LR_HIGH = 5e-3                   # the same histories adapter once more at this rate, to show why not
 CURVE_EVERY = 1 if FAST else 25  # held-out loss every CURVE_EVERY steps, for the two histories runs
-EVAL_BATCHES = 2 if FAST else 24  # held-out windows: EVAL_BATCHES batches of 32 windows of 64 characters
+N_EVAL = 64 if FAST else 512     # the course's fixed held-out windows of each genre (tinylora.evaluate)
 CONFIG = lora.LoRAConfig(r=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))
 WORK = Path(tempfile.mkdtemp(prefix="tinylora-09-"))  # every file this notebook writes goes here
+HELD = {g: heldout_set(g, block_size=BLOCK, n=N_EVAL) for g in STYLES}
 
 
-def val_losses(model, ids) -> np.ndarray:
-    """Next-character loss of each of EVAL_BATCHES fixed batches of 32 random windows of `ids`
-    (batch k always holds the same windows, whatever the model)."""
-    return np.array([evaluate_lm(model, ids, BLOCK, batch_size=32, batches=1, seed=1000 + k)["loss"]
-                     for k in range(EVAL_BATCHES)])
+def val_losses(model, genre) -> np.ndarray:
+    """Next-character loss of each of the N_EVAL fixed held-out windows of `genre` (the same windows
+    in every chapter: evenly spaced over the genre's validation text)."""
+    return window_losses(model, *HELD[genre])
 
 
-def val_loss(model, ids) -> float:
-    return float(val_losses(model, ids).mean())
+def val_loss(model, genre) -> float:
+    return float(val_losses(model, genre).mean())
 
 
 def base_hash(model) -> str:
@@ -160,7 +161,7 @@ def train_adapter(g, lr, eval_every):
     opt = optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sampler = WindowSampler(data[g].train, BLOCK, BATCH, seed=0)
     hist = train(model, opt, sampler.sample, STEPS, eval_every=eval_every, seed=0, progress=False,
-                 eval_fn=lambda m: {"loss": val_loss(m, data[g].val)})
+                 eval_fn=lambda m: {"loss": val_loss(m, g)})
     return model, hist
 
 
@@ -296,12 +297,12 @@ for row in rows:
     for g in STYLES:
         if row == "base":
             with lora.disable_adapters(server):
-                per_batch[row, g] = val_losses(server, data[g].val)
+                per_batch[row, g] = val_losses(server, g)
         else:
             lora.set_adapter(server, row)
-            per_batch[row, g] = val_losses(server, data[g].val)
+            per_batch[row, g] = val_losses(server, g)
 table = np.array([[per_batch[row, g].mean() for g in STYLES] for row in rows])
-print(f"validation loss (nats per character), {EVAL_BATCHES * 32} windows of {BLOCK} characters per genre")
+print(f"validation loss (nats per character), the {N_EVAL} held-out windows of {BLOCK} characters of each genre")
 print(f"{'model':>20} " + " ".join(f"{g:>10}" for g in STYLES))
 for i, row in enumerate(rows):
     label = row if row == "base" else f"{row} adapter"
@@ -310,12 +311,12 @@ best = [rows[1 + int(np.argmin(table[1:, j]))] for j in range(len(STYLES))]
 
 
 def paired(a, b) -> str:
-    """mean of a - b over the same batches, +- 2 standard errors of that mean."""
-    d = a - b
-    return f"{d.mean():+.4f} +- {2 * d.std(ddof=1) / np.sqrt(len(d)):.4f}"
+    """mean of a - b over the same windows, +- 2 standard errors of that mean."""
+    d, se = paired_diff(a, b)
+    return f"{d:+.4f} +- {se:.4f}"
 
 
-print("\ndifferences on the same batches (+- 2 standard errors over the", EVAL_BATCHES, "batches):")
+print("\ndifferences on the same windows (+- 2 standard errors over the", N_EVAL, "windows):")
 for j, g in enumerate(STYLES):
     other = min((o for o in STYLES if o != g), key=lambda o: table[1 + STYLES.index(o), j])
     print(f"on {g:>9}: best adapter {best[j]:>9} | own adapter - base {paired(per_batch[g, g], per_batch['base', g])} "
@@ -383,8 +384,8 @@ for name, h in runs.items():
     hi, lo = int(np.argmax(losses_)), int(np.argmin(losses_))
     print(f"{name:>10} {h.final['eval_loss']:8.4f} {f'{losses_[hi]:.4f} at step {steps_[hi]}':>24} "
           f"{f'{losses_[lo]:.4f} at step {steps_[lo]}':>24}")
-high_batches = {g: val_losses(high_model, data[g].val) for g in STYLES}
-print(f"\nminus the base, on the same {EVAL_BATCHES} batches (+- 2 standard errors):")
+high_batches = {g: val_losses(high_model, g) for g in STYLES}
+print(f"\nminus the base, on the same {N_EVAL} windows (+- 2 standard errors):")
 print(f"  lr {LR:g}:  {paired(per_batch['histories', 'histories'], per_batch['base', 'histories'])}")
 print(f"  lr {LR_HIGH:g}:  {paired(high_batches['histories'], per_batch['base', 'histories'])}")
 print(f"  lr {LR_HIGH:g} minus lr {LR:g}:  {paired(high_batches['histories'], per_batch['histories', 'histories'])}")
@@ -685,7 +686,7 @@ lora.set_adapter(server, "histories")
 lora.delete_adapter(server, "histories")
 print("adapters:", lora.adapter_names(server), "| active now:", lora.active_adapter(server))
 lora.set_adapter(server, "comedies")
-print(f"comedies adapter on comedies, after the deletion: {val_loss(server, data['comedies'].val):.4f} "
+print(f"comedies adapter on comedies, after the deletion: {val_loss(server, 'comedies'):.4f} "
       f"(table: {table[1, 0]:.4f}) | base unchanged: {base_hash(server) == hash_fresh}")
 
 # %% [markdown]
@@ -828,7 +829,7 @@ lora.set_adapter(server, "comedies")
 for factor in (0.0, 0.5, 1.0, 1.5):  # <- try others
     for _, layer in lora.lora_layers(server):
         layer.adapters["comedies"].scaling = factor * CONFIG.alpha / CONFIG.r
-    print(f"s = {factor:.1f} x alpha/r: comedies held-out loss {val_loss(server, data['comedies'].val):.4f}")
+    print(f"s = {factor:.1f} x alpha/r: comedies held-out loss {val_loss(server, 'comedies'):.4f}")
 for _, layer in lora.lora_layers(server):
     layer.adapters["comedies"].scaling = CONFIG.alpha / CONFIG.r  # as trained
 
