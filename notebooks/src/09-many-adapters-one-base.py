@@ -27,16 +27,18 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 from safetensors.numpy import load_file
+from threadpoolctl import threadpool_limits
 
 import tinylora as tl
 from tinylora import lora, optim
 from tinylora.bases import ASSETS, FILES, load_base
 from tinylora.data import WindowSampler, list_plays, load_play, load_shakespeare, train_val_split
+from tinylora.evaluate import heldout_set, paired_diff, window_losses
 from tinylora.io import load_weights, read_metadata, save_weights
 from tinylora.models import GPT, GPTConfig
-from tinylora.evaluate import heldout_set, paired_diff, window_losses
 from tinylora.train import train
 
+threadpool_limits(1)  # one BLAS thread: on a shared 2-core machine a second one only waits for a busy core
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 tl.manual_seed(0)
 
