@@ -278,10 +278,10 @@ def scores(model):
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
 
 
-def gpt_model(method):
+def gpt_model(method, vera_r=64):
     model = load_base("shakespeare").model
     tl.manual_seed(0)
-    return model, prepare(model, method, ALL_LINEAR, vera_r=64)
+    return model, prepare(model, method, ALL_LINEAR, vera_r=vera_r)
 
 
 def gpt_run(method, lr):
@@ -444,15 +444,11 @@ print(f"DoRA exact gradient: held-out comedy loss {window_losses(model, *HELD['c
 
 # %%
 # try it 3: VeRA at r = 256 on the comedies, at VeRA's tuned rate: the adapter grows by r per layer
-model, make_opt = gpt_model("VeRA")  # r = 64, as in the comparison
-small = lora.count_parameters(model)["trainable"]
-model = load_base("shakespeare").model
-tl.manual_seed(0)
-make_opt = prepare(model, "VeRA", ALL_LINEAR, vera_r=256)
+model, make_opt = gpt_model("VeRA", vera_r=256)
 sampler = WindowSampler(comedies.train, BLOCK, BATCH, seed=0)
 t0 = time.perf_counter()
 train(model, make_opt(gpt["VeRA"]["lr"]), sampler.sample, GPT_STEPS, eval_every=GPT_STEPS, seed=0, progress=False)
-print(f"VeRA r=256: {lora.count_parameters(model)['trainable']:,} trainable (r=64: {small:,}), "
+print(f"VeRA r=256: {lora.count_parameters(model)['trainable']:,} trainable (r=64: {gpt['VeRA']['trainable']:,}), "
       f"{(time.perf_counter() - t0) / GPT_STEPS * 1000:.0f} ms a step, held-out comedy loss "
       f"{window_losses(model, *HELD['comedies']).mean():.4f} (r=64: {gpt_rows['VeRA']['loss']:.4f})")
 
